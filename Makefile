@@ -1,0 +1,42 @@
+# BoxLite for Go. `make demo` runs a box; `make test` runs every test.
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+ROOTFS := $(CURDIR)/.cache/rootfs/busybox
+
+.PHONY: deps build rootfs demo test unit e2e vet bench generate
+
+deps:
+	./scripts/install-deps.sh
+
+build:
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/boxlite-agent ./cmd/boxlite-agent
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/boxlite ./cmd/boxlite
+
+rootfs:
+	./scripts/busybox-rootfs.sh $(ROOTFS) >/dev/null
+
+# The main job: boot a box from the offline busybox root filesystem and run
+# a command in it.
+demo: deps build rootfs
+	$(BIN)/boxlite run --rootfs $(ROOTFS) -- sh -c 'echo "hello from a box: $$(uname -sr), $$(nproc) cpu"'
+
+vet:
+	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /test/e2e)
+
+# e2e boots real VMs (software emulation without /dev/kvm).
+e2e: build rootfs
+	BOXLITE_AGENT=$(BIN)/boxlite-agent BOXLITE_TEST_ROOTFS=$(ROOTFS) \
+		$(GO) test -count=1 -timeout 40m ./test/e2e/
+
+test: deps vet unit e2e
+
+bench: deps build rootfs
+	$(GO) run ./bench -agent $(BIN)/boxlite-agent -rootfs $(ROOTFS)
+
+generate:
+	$(GO) generate ./...

@@ -1,0 +1,315 @@
+package boxlite
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/boxlite-go/boxlite/internal/agent/client"
+	"github.com/boxlite-go/boxlite/internal/initramfs"
+	"github.com/boxlite-go/boxlite/internal/kernel"
+	"github.com/boxlite-go/boxlite/internal/vmm"
+	"github.com/boxlite-go/boxlite/internal/vmm/qemu"
+)
+
+// Box is one micro-VM and its disk. Its methods are safe for concurrent
+// use.
+type Box struct {
+	rt        *Runtime
+	id, name  string
+	opts      BoxOptions
+	createdAt time.Time
+
+	mu        sync.Mutex
+	status    Status
+	startedAt time.Time
+	machine   vmm.Machine
+	agent     *client.Client
+	runDir    string
+	downErr   error // why the VM ended unexpectedly
+	stopping  bool
+}
+
+func (b *Box) label() string {
+	if b.name != "" {
+		return fmt.Sprintf("%q", b.name)
+	}
+	return b.id
+}
+
+// ID is the box's unique id.
+func (b *Box) ID() string { return b.id }
+
+// Name is the box's name, possibly empty.
+func (b *Box) Name() string { return b.name }
+
+// Info returns a snapshot of the box's state.
+func (b *Box) Info() BoxInfo {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	info := BoxInfo{
+		ID:        b.id,
+		Name:      b.name,
+		Status:    b.status,
+		Image:     b.opts.Image,
+		Rootfs:    b.opts.Rootfs,
+		CPUs:      b.opts.CPUs,
+		MemoryMiB: b.opts.MemoryMiB,
+		CreatedAt: b.createdAt,
+		StartedAt: b.startedAt,
+	}
+	if b.machine != nil && b.status == StatusRunning {
+		info.PID = b.machine.PID()
+	}
+	if b.downErr != nil {
+		info.Error = b.downErr.Error()
+	}
+	return info
+}
+
+// Start boots the box's VM and returns once its agent answers. A box that
+// fails to boot is left stopped with no VM process.
+func (b *Box) Start(ctx context.Context) error {
+	b.mu.Lock()
+	prev := b.status
+	if prev != StatusConfigured && prev != StatusStopped {
+		b.mu.Unlock()
+		return fmt.Errorf("box %s: start: box is %s: %w", b.label(), prev, ErrInvalidState)
+	}
+	b.status = StatusStarting
+	b.mu.Unlock()
+
+	m, agent, runDir, err := b.boot(ctx)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err != nil {
+		b.status = prev
+		b.downErr = err
+		return fmt.Errorf("box %s: start: %w", b.label(), err)
+	}
+	b.status = StatusRunning
+	b.startedAt = time.Now()
+	b.machine, b.agent, b.runDir = m, agent, runDir
+	b.downErr = nil
+	b.stopping = false
+	go b.watch(m, agent)
+	return nil
+}
+
+func (b *Box) boot(ctx context.Context) (vmm.Machine, *client.Client, string, error) {
+	rt := b.rt
+	vmlinux, initrd, err := rt.guestAssets(ctx)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	runDir, err := rt.layout.RunDir(b.id)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	hostname := b.name
+	if hostname == "" {
+		hostname = b.id
+	}
+	m, err := qemu.New(vmm.Config{
+		Name:       "boxlite-" + b.id,
+		Dir:        runDir,
+		Kernel:     vmlinux,
+		Initrd:     initrd,
+		Cmdline:    "boxlite.hostname=" + hostname,
+		CPUs:       b.opts.CPUs,
+		MemoryMiB:  b.opts.MemoryMiB,
+		Disks:      []vmm.Disk{{Path: rt.layout.Overlay(b.id), Format: "qcow2"}},
+		ConsoleLog: rt.layout.ConsoleLog(b.id),
+		Accel:      rt.opts.Accel,
+		Logger:     rt.log.With("box", b.id),
+	})
+	if err != nil {
+		os.RemoveAll(runDir)
+		return nil, nil, "", err
+	}
+	bootCtx, cancel := context.WithTimeout(ctx, DefaultBootTimeout)
+	defer cancel()
+	if err := m.Start(bootCtx); err != nil {
+		os.RemoveAll(runDir)
+		return nil, nil, "", err
+	}
+	// Stop waiting for the agent as soon as the VM dies.
+	go func() {
+		select {
+		case <-m.Done():
+			cancel()
+		case <-bootCtx.Done():
+		}
+	}()
+	agent, err := client.Dial(bootCtx, m.DialAgent)
+	if err != nil {
+		_ = m.Kill()
+		os.RemoveAll(runDir)
+		select {
+		case <-m.Done():
+			if merr := m.Err(); merr != nil {
+				return nil, nil, "", fmt.Errorf("guest did not come up: %w", merr)
+			}
+		default:
+		}
+		if ctx.Err() == nil && bootCtx.Err() != nil {
+			err = fmt.Errorf("guest agent did not answer within %s (see %s): %w", DefaultBootTimeout, rt.layout.ConsoleLog(b.id), err)
+		}
+		return nil, nil, "", err
+	}
+	return m, agent, runDir, nil
+}
+
+// watch marks the box stopped when its VM ends, keeping the reason when the
+// end was not requested.
+func (b *Box) watch(m vmm.Machine, agent *client.Client) {
+	<-m.Done()
+	agent.Close()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.machine != m {
+		return
+	}
+	if !b.stopping {
+		err := m.Err()
+		if err == nil {
+			err = errors.New("guest powered off")
+		}
+		b.downErr = fmt.Errorf("%w: %w", ErrBoxDown, err)
+		b.rt.log.Warn("box went down", "box", b.id, "err", err)
+	}
+	b.status = StatusStopped
+	b.machine, b.agent = nil, nil
+	os.RemoveAll(b.runDir)
+}
+
+// running returns the agent and machine of a running box, or an error
+// saying why there are none.
+func (b *Box) running() (*client.Client, vmm.Machine, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.status != StatusRunning {
+		if b.downErr != nil {
+			return nil, nil, fmt.Errorf("box %s is %s: %w", b.label(), b.status, b.downErr)
+		}
+		return nil, nil, fmt.Errorf("box %s is %s: %w", b.label(), b.status, ErrInvalidState)
+	}
+	return b.agent, b.machine, nil
+}
+
+// Stop shuts the box down: the guest syncs and powers off; at ctx's
+// deadline (or after 10 s without one) the VM is killed. Files written in
+// the box are kept.
+func (b *Box) Stop(ctx context.Context) error {
+	b.mu.Lock()
+	if b.status != StatusRunning {
+		st := b.status
+		b.mu.Unlock()
+		return fmt.Errorf("box %s: stop: box is %s: %w", b.label(), st, ErrInvalidState)
+	}
+	b.status = StatusStopping
+	b.stopping = true
+	m, agent := b.machine, b.agent
+	b.mu.Unlock()
+
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+	}
+	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	err := agent.Shutdown(sctx)
+	cancel()
+	if err == nil {
+		select {
+		case <-m.Done():
+		case <-ctx.Done():
+		}
+	}
+	if err := m.Stop(ctx); err != nil {
+		b.rt.log.Warn("stop", "box", b.id, "err", err)
+	}
+	<-m.Done()
+	// watch() finishes the transition; wait for it so Info is settled.
+	for {
+		b.mu.Lock()
+		done := b.machine != m
+		b.mu.Unlock()
+		if done {
+			return nil
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func (b *Box) remove(ctx context.Context, force bool) error {
+	b.mu.Lock()
+	st, m := b.status, b.machine
+	b.mu.Unlock()
+	switch {
+	case st == StatusRunning || st == StatusStarting || st == StatusStopping:
+		if !force {
+			return fmt.Errorf("box %s: remove: box is %s (stop it or force): %w", b.label(), st, ErrInvalidState)
+		}
+		if m != nil {
+			b.mu.Lock()
+			b.stopping = true
+			b.mu.Unlock()
+			_ = m.Kill()
+		}
+	}
+	return os.RemoveAll(b.rt.layout.BoxDir(b.id))
+}
+
+// guestAssets returns the PVH kernel and initramfs, preparing and caching
+// them on first use.
+func (rt *Runtime) guestAssets(ctx context.Context) (vmlinux, initrd string, err error) {
+	rt.assetsMu.Lock()
+	defer rt.assetsMu.Unlock()
+	if rt.vmlinux != "" {
+		return rt.vmlinux, rt.initrd, nil
+	}
+	k, err := kernel.Locate(rt.opts.Kernel)
+	if err != nil {
+		return "", "", err
+	}
+	vmlinux, err = kernel.Prepare(ctx, k, rt.layout.KernelCache())
+	if err != nil {
+		return "", "", err
+	}
+	agent, err := rt.agentPath()
+	if err != nil {
+		return "", "", err
+	}
+	initrd, err = initramfs.Build(ctx, initramfs.BuildOptions{
+		AgentPath:  agent,
+		ModulesDir: k.ModulesDir,
+		Modules:    initramfs.DefaultModules,
+		CacheDir:   rt.layout.InitramfsCache(),
+	})
+	if err != nil {
+		return "", "", err
+	}
+	rt.vmlinux, rt.initrd = vmlinux, initrd
+	return vmlinux, initrd, nil
+}
+
+// mergeEnv overlays extra K=V pairs on base, later keys winning.
+func mergeEnv(base, extra []string) []string {
+	out := make([]string, 0, len(base)+len(extra))
+	index := map[string]int{}
+	for _, kv := range append(append([]string(nil), base...), extra...) {
+		k, _, _ := strings.Cut(kv, "=")
+		if i, ok := index[k]; ok {
+			out[i] = kv
+			continue
+		}
+		index[k] = len(out)
+		out = append(out, kv)
+	}
+	return out
+}

@@ -1,0 +1,17 @@
+package boxlite
+
+import "github.com/boxlite-go/boxlite/internal/errdefs"
+
+// Error sentinels; test with errors.Is.
+var (
+	ErrNotFound          = errdefs.ErrNotFound
+	ErrAlreadyExists     = errdefs.ErrAlreadyExists
+	ErrInvalidState      = errdefs.ErrInvalidState
+	ErrInvalidArgument   = errdefs.ErrInvalidArgument
+	ErrMissingDependency = errdefs.ErrMissingDependency
+	ErrUnknownUser       = errdefs.ErrUnknownUser
+	ErrBoxDown           = errdefs.ErrBoxDown
+	ErrGuestPanic        = errdefs.ErrGuestPanic
+	ErrProtocol          = errdefs.ErrProtocol
+	ErrImage             = errdefs.ErrImage
+)

@@ -1,0 +1,8 @@
+// Package client is the host side of the guest agent protocol: it dials the
+// agent over a byte stream supplied by the VMM, performs the version
+// handshake, and runs processes with streamed stdio.
+//
+// Output of a process is drained into unbounded buffers as it arrives, so a
+// caller that never reads Stdout or Stderr cannot stall the guest, and Wait
+// never deadlocks on an unread stream.
+package client

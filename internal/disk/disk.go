@@ -1,0 +1,148 @@
+package disk
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	"github.com/boxlite-go/boxlite/internal/errdefs"
+)
+
+// Tool paths, resolved once per call; missing tools are reported with the
+// package that provides them.
+var tools = map[string]string{
+	"mkfs.ext4": "e2fsprogs",
+	"qemu-img":  "qemu-utils",
+}
+
+func lookTool(name string) (string, error) {
+	p, err := exec.LookPath(name)
+	if err != nil {
+		// sbin is often missing from an unprivileged PATH.
+		for _, dir := range []string{"/usr/sbin", "/sbin"} {
+			cand := filepath.Join(dir, name)
+			if _, serr := os.Stat(cand); serr == nil {
+				return cand, nil
+			}
+		}
+		return "", fmt.Errorf("%s not found: install it: apt-get install %s: %w", name, tools[name], errdefs.ErrMissingDependency)
+	}
+	return p, nil
+}
+
+func run(ctx context.Context, name string, args ...string) error {
+	bin, err := lookTool(name)
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, bin, args...)
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %w: %s", name, err, bytes.TrimSpace(out.Bytes()))
+	}
+	return nil
+}
+
+// IsExt4 reports whether the file at path starts with an ext2/3/4
+// superblock.
+func IsExt4(path string) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	var magic [2]byte
+	if _, err := f.ReadAt(magic[:], 1024+0x38); err != nil {
+		if errors.Is(err, io.EOF) {
+			return false, nil
+		}
+		return false, err
+	}
+	return binary.LittleEndian.Uint16(magic[:]) == 0xEF53, nil
+}
+
+// BaseFromDir writes a sparse ext4 image of sizeBytes at out holding the
+// tree at dir, owners and modes kept as they are on the host. out appears
+// only when complete.
+func BaseFromDir(ctx context.Context, dir, out string, sizeBytes int64) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("rootfs %q: %w", dir, errdefs.ErrNotFound)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("rootfs %q: not a directory: %w", dir, errdefs.ErrInvalidArgument)
+	}
+	used, err := treeSize(dir)
+	if err != nil {
+		return fmt.Errorf("rootfs %q: %w", dir, err)
+	}
+	if min := used*2 + 64<<20; sizeBytes < min {
+		sizeBytes = min
+	}
+	tmp := out + ".tmp"
+	_ = os.Remove(tmp)
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	err = f.Truncate(sizeBytes)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = run(ctx, "mkfs.ext4", "-q", "-F", "-L", "boxroot",
+			"-E", "lazy_itable_init=1,lazy_journal_init=1",
+			"-d", dir, tmp)
+	}
+	if err == nil {
+		err = os.Rename(tmp, out)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("rootfs %q: make ext4: %w", dir, err)
+	}
+	return nil
+}
+
+func treeSize(dir string) (int64, error) {
+	var n int64
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if info, err := d.Info(); err == nil {
+			n += info.Size() + 4096
+		}
+		return nil
+	})
+	return n, err
+}
+
+// Overlay creates a qcow2 image at out whose reads fall through to backing
+// (format "raw" or "qcow2") and whose writes stay in out. A sizeBytes
+// larger than the backing file grows the virtual disk.
+func Overlay(ctx context.Context, backing, backingFormat, out string, sizeBytes int64) error {
+	abs, err := filepath.Abs(backing)
+	if err != nil {
+		return err
+	}
+	args := []string{"create", "-q", "-f", "qcow2", "-o", "cluster_size=65536",
+		"-b", abs, "-F", backingFormat, out}
+	if sizeBytes > 0 {
+		args = append(args, fmt.Sprint(sizeBytes))
+	}
+	if err := run(ctx, "qemu-img", args...); err != nil {
+		os.Remove(out)
+		return fmt.Errorf("overlay on %q: %w", backing, err)
+	}
+	return nil
+}

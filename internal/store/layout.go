@@ -1,0 +1,47 @@
+package store
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+)
+
+// Layout names the files under one home directory.
+//
+//	<home>/cache/kernel/          extracted PVH vmlinux files, by content hash
+//	<home>/cache/initramfs/       generated initramfs files, by content hash
+//	<home>/boxes/<id>/            one box: disks and logs
+//	<home>/boxes/<id>/base.ext4   the root filesystem made from a host directory
+//	<home>/boxes/<id>/disk.qcow2  the box's writable overlay
+//	<home>/boxes/<id>/console.log the guest's serial console
+//	<home>/run/<id>/              sockets of a running box (or a short /tmp
+//	                              directory when the home path is too long)
+type Layout struct {
+	Home string
+}
+
+// maxSocketDir keeps "<dir>/agent.sock" under the 107-byte sun_path limit.
+const maxSocketDir = 90
+
+func (l Layout) KernelCache() string    { return filepath.Join(l.Home, "cache", "kernel") }
+func (l Layout) InitramfsCache() string { return filepath.Join(l.Home, "cache", "initramfs") }
+func (l Layout) BoxesDir() string       { return filepath.Join(l.Home, "boxes") }
+func (l Layout) BoxDir(id string) string {
+	return filepath.Join(l.Home, "boxes", id)
+}
+func (l Layout) BaseDisk(id string) string   { return filepath.Join(l.BoxDir(id), "base.ext4") }
+func (l Layout) Overlay(id string) string    { return filepath.Join(l.BoxDir(id), "disk.qcow2") }
+func (l Layout) ConsoleLog(id string) string { return filepath.Join(l.BoxDir(id), "console.log") }
+
+// RunDir creates and returns the directory for a running box's sockets.
+// When the home path is too long for unix sockets, a directory under the
+// system temp dir named after a hash of the home and the id is used.
+func (l Layout) RunDir(id string) (string, error) {
+	dir := filepath.Join(l.Home, "run", id)
+	if len(dir) > maxSocketDir {
+		h := sha256.Sum256([]byte(l.Home))
+		dir = filepath.Join(os.TempDir(), "boxlite-"+hex.EncodeToString(h[:6]), id)
+	}
+	return dir, os.MkdirAll(dir, 0o700)
+}

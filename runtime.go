@@ -1,0 +1,312 @@
+package boxlite
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/boxlite-go/boxlite/internal/disk"
+	"github.com/boxlite-go/boxlite/internal/errdefs"
+	"github.com/boxlite-go/boxlite/internal/store"
+)
+
+// Runtime creates and runs boxes under one home directory.
+type Runtime struct {
+	opts   Options
+	layout store.Layout
+	log    *slog.Logger
+
+	mu     sync.Mutex
+	boxes  map[string]*Box // by id
+	closed bool
+
+	assetsMu        sync.Mutex
+	vmlinux, initrd string
+}
+
+// NewRuntime opens the home directory, creating it when missing.
+func NewRuntime(opts Options) (*Runtime, error) {
+	if opts.HomeDir == "" {
+		opts.HomeDir = os.Getenv("BOXLITE_HOME")
+	}
+	if opts.HomeDir == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return nil, fmt.Errorf("home dir: %w", err)
+		}
+		opts.HomeDir = filepath.Join(home, ".boxlite")
+	}
+	abs, err := filepath.Abs(opts.HomeDir)
+	if err != nil {
+		return nil, fmt.Errorf("home dir %q: %w", opts.HomeDir, err)
+	}
+	opts.HomeDir = abs
+	switch opts.Accel {
+	case "", "kvm", "tcg":
+	default:
+		return nil, fmt.Errorf("accel %q: want kvm, tcg or empty: %w", opts.Accel, ErrInvalidArgument)
+	}
+	if err := os.MkdirAll(filepath.Join(abs, "boxes"), 0o700); err != nil {
+		return nil, fmt.Errorf("home dir %q: %w", abs, err)
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Runtime{
+		opts:   opts,
+		layout: store.Layout{Home: abs},
+		log:    log,
+		boxes:  map[string]*Box{},
+	}, nil
+}
+
+// HomeDir is the runtime's resolved home directory.
+func (rt *Runtime) HomeDir() string { return rt.opts.HomeDir }
+
+func newID() string {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b[:])
+}
+
+func validName(name string) bool {
+	if name == "" || len(name) > 63 {
+		return false
+	}
+	for i, r := range name {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' ||
+			i > 0 && (r == '-' || r == '_' || r == '.')
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+func (o *BoxOptions) validate() error {
+	switch {
+	case o.CPUs < 0 || o.CPUs > 64:
+		return fmt.Errorf("cpus %d: want 1..64: %w", o.CPUs, ErrInvalidArgument)
+	case o.MemoryMiB < 0 || (o.MemoryMiB > 0 && o.MemoryMiB < 64) || o.MemoryMiB > 256<<10:
+		return fmt.Errorf("memory %d MiB: want 64..262144: %w", o.MemoryMiB, ErrInvalidArgument)
+	case o.DiskSizeGB < 0 || o.DiskSizeGB > 16<<10:
+		return fmt.Errorf("disk size %d GB: want 1..16384: %w", o.DiskSizeGB, ErrInvalidArgument)
+	case o.Image == "" && o.Rootfs == "":
+		return fmt.Errorf("box needs an image or a rootfs: %w", ErrInvalidArgument)
+	case o.Image != "" && o.Rootfs != "":
+		return fmt.Errorf("box takes an image or a rootfs, not both: %w", ErrInvalidArgument)
+	case o.Image != "":
+		return fmt.Errorf("image %q: image pulls are not supported yet, use a rootfs: %w", o.Image, ErrImage)
+	}
+	for _, kv := range o.Env {
+		if !strings.Contains(kv, "=") || strings.HasPrefix(kv, "=") {
+			return fmt.Errorf("env %q: want KEY=VALUE: %w", kv, ErrInvalidArgument)
+		}
+	}
+	if o.WorkingDir != "" && !strings.HasPrefix(o.WorkingDir, "/") {
+		return fmt.Errorf("working dir %q: must be absolute: %w", o.WorkingDir, ErrInvalidArgument)
+	}
+	if o.CPUs == 0 {
+		o.CPUs = DefaultCPUs
+	}
+	if o.MemoryMiB == 0 {
+		o.MemoryMiB = DefaultMemoryMiB
+	}
+	if o.DiskSizeGB == 0 {
+		o.DiskSizeGB = DefaultDiskSizeGB
+	}
+	return nil
+}
+
+// Create makes a box in StatusConfigured: its root disk is prepared, no VM
+// runs until Start. name may be empty. On error nothing is left behind.
+func (rt *Runtime) Create(ctx context.Context, opts BoxOptions, name string) (*Box, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	if name != "" && !validName(name) {
+		return nil, fmt.Errorf("box name %q: use letters, digits, '-', '_' and '.': %w", name, ErrInvalidArgument)
+	}
+	rootfs, err := filepath.Abs(opts.Rootfs)
+	if err != nil {
+		return nil, fmt.Errorf("rootfs %q: %w", opts.Rootfs, ErrInvalidArgument)
+	}
+	st, err := os.Stat(rootfs)
+	if err != nil {
+		return nil, fmt.Errorf("rootfs %q: %w", opts.Rootfs, ErrNotFound)
+	}
+	if !st.IsDir() {
+		ok, err := disk.IsExt4(rootfs)
+		if err != nil || !ok {
+			return nil, fmt.Errorf("rootfs %q: neither a directory nor an ext4 image: %w", opts.Rootfs, ErrInvalidArgument)
+		}
+	}
+	opts.Rootfs = rootfs
+
+	id := newID()
+	rt.mu.Lock()
+	if rt.closed {
+		rt.mu.Unlock()
+		return nil, fmt.Errorf("runtime is shut down: %w", ErrInvalidState)
+	}
+	for _, b := range rt.boxes {
+		if name != "" && b.name == name {
+			rt.mu.Unlock()
+			return nil, fmt.Errorf("box name %q: %w", name, ErrAlreadyExists)
+		}
+	}
+	// Reserve the name while the disk is made.
+	b := &Box{rt: rt, id: id, name: name, opts: opts, status: StatusConfigured, createdAt: time.Now()}
+	rt.boxes[id] = b
+	rt.mu.Unlock()
+
+	if err := rt.makeDisks(ctx, b); err != nil {
+		rt.mu.Lock()
+		delete(rt.boxes, id)
+		rt.mu.Unlock()
+		os.RemoveAll(rt.layout.BoxDir(id))
+		return nil, fmt.Errorf("box %s: create: %w", b.label(), err)
+	}
+	rt.log.Info("box created", "box", id, "name", name, "rootfs", rootfs)
+	return b, nil
+}
+
+func (rt *Runtime) makeDisks(ctx context.Context, b *Box) error {
+	dir := rt.layout.BoxDir(b.id)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	size := int64(b.opts.DiskSizeGB) << 30
+	backing, format := b.opts.Rootfs, "raw"
+	if st, err := os.Stat(b.opts.Rootfs); err == nil && st.IsDir() {
+		backing = rt.layout.BaseDisk(b.id)
+		if err := disk.BaseFromDir(ctx, b.opts.Rootfs, backing, size); err != nil {
+			return err
+		}
+	} else if err == nil && st.Size() > size {
+		size = 0 // keep the image's own size
+	}
+	if st, err := os.Stat(backing); err == nil && size < st.Size() {
+		size = 0
+	}
+	return disk.Overlay(ctx, backing, format, rt.layout.Overlay(b.id), size)
+}
+
+// Get finds a box by id, name, or unique id prefix.
+func (rt *Runtime) Get(ctx context.Context, idOrName string) (*Box, error) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if b, ok := rt.boxes[idOrName]; ok {
+		return b, nil
+	}
+	var match []*Box
+	for _, b := range rt.boxes {
+		if b.name != "" && b.name == idOrName {
+			return b, nil
+		}
+		if idOrName != "" && strings.HasPrefix(b.id, idOrName) {
+			match = append(match, b)
+		}
+	}
+	switch len(match) {
+	case 1:
+		return match[0], nil
+	case 0:
+		return nil, fmt.Errorf("box %q: %w", idOrName, ErrNotFound)
+	}
+	return nil, fmt.Errorf("box %q: prefix matches %d boxes: %w", idOrName, len(match), ErrInvalidArgument)
+}
+
+// List returns every box, oldest first.
+func (rt *Runtime) List(ctx context.Context) ([]BoxInfo, error) {
+	rt.mu.Lock()
+	boxes := make([]*Box, 0, len(rt.boxes))
+	for _, b := range rt.boxes {
+		boxes = append(boxes, b)
+	}
+	rt.mu.Unlock()
+	infos := make([]BoxInfo, len(boxes))
+	for i, b := range boxes {
+		infos[i] = b.Info()
+	}
+	sort.Slice(infos, func(i, j int) bool { return infos[i].CreatedAt.Before(infos[j].CreatedAt) })
+	return infos, nil
+}
+
+// Remove deletes a box and its files. A running box needs force, which
+// kills it first.
+func (rt *Runtime) Remove(ctx context.Context, idOrName string, force bool) error {
+	b, err := rt.Get(ctx, idOrName)
+	if err != nil {
+		return err
+	}
+	if err := b.remove(ctx, force); err != nil {
+		return err
+	}
+	rt.mu.Lock()
+	delete(rt.boxes, b.id)
+	rt.mu.Unlock()
+	return nil
+}
+
+// Shutdown stops every box this runtime runs, gracefully until ctx's
+// deadline and by force after it. The runtime accepts no new boxes after.
+func (rt *Runtime) Shutdown(ctx context.Context) error {
+	rt.mu.Lock()
+	rt.closed = true
+	boxes := make([]*Box, 0, len(rt.boxes))
+	for _, b := range rt.boxes {
+		boxes = append(boxes, b)
+	}
+	rt.mu.Unlock()
+	var wg sync.WaitGroup
+	errs := make([]error, len(boxes))
+	for i, b := range boxes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := b.Stop(ctx); err != nil && !errors.Is(err, ErrInvalidState) {
+				errs[i] = err
+			}
+			if b.opts.AutoRemove {
+				_ = rt.Remove(context.Background(), b.id, true)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// agentPath finds the guest agent binary.
+func (rt *Runtime) agentPath() (string, error) {
+	if p := rt.opts.AgentPath; p != "" {
+		return p, nil
+	}
+	if p := os.Getenv("BOXLITE_AGENT"); p != "" {
+		return p, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "boxlite-agent")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("boxlite-agent"); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("guest agent boxlite-agent not found (set BOXLITE_AGENT or build it: CGO_ENABLED=0 go build -o bin/boxlite-agent ./cmd/boxlite-agent): %w", errdefs.ErrMissingDependency)
+}
