@@ -1,0 +1,214 @@
+package initramfs
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"hash"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/boxlite-go/boxlite/internal/errdefs"
+)
+
+// cacheVersion is hashed into every cache key; bump it when the archive
+// layout changes so that stale archives are not reused.
+const cacheVersion = "boxlite-initramfs-v1"
+
+// BuildOptions describes an initramfs.
+type BuildOptions struct {
+	// AgentPath is the static guest agent binary; it becomes /init.
+	AgentPath string
+	// ModulesDir is the kernel's module directory (/lib/modules/<release>).
+	// Empty means a kernel with everything built in: no modules.
+	ModulesDir string
+	// Modules are the module names to include, dependencies added; nil
+	// means DefaultModules (an empty non-nil slice means none).
+	Modules []string
+	// CacheDir receives the archive.
+	CacheDir string
+}
+
+// Build returns the path of the initramfs described by o, building it in
+// o.CacheDir unless an identical one is there. The file is named after a
+// sha256 of the agent and of the module names and contents, in load
+// order: initramfs-<16 hex digits>.cpio. It is written to a temporary
+// file renamed into place, so concurrent builds are safe and an
+// interrupted one leaves nothing behind. A missing agent or modules
+// directory is an error wrapping [errdefs.ErrMissingDependency].
+func Build(ctx context.Context, o BuildOptions) (path string, err error) {
+	if o.CacheDir == "" {
+		return "", fmt.Errorf("initramfs: %w: no cache directory", errdefs.ErrInvalidArgument)
+	}
+	agent, err := os.ReadFile(o.AgentPath)
+	if err != nil {
+		return "", fmt.Errorf("initramfs: guest agent %q: %w: %v (build it with: CGO_ENABLED=0 go build -o %s ./cmd/boxlite-agent)",
+			o.AgentPath, errdefs.ErrMissingDependency, err, o.AgentPath)
+	}
+	mods, err := readModules(ctx, o)
+	if err != nil {
+		return "", err
+	}
+
+	h := sha256.New()
+	hashField(h, []byte(cacheVersion))
+	hashField(h, agent)
+	for _, m := range mods {
+		hashField(h, []byte(m.name))
+		hashField(h, m.data)
+	}
+	dst := filepath.Join(o.CacheDir, "initramfs-"+hex.EncodeToString(h.Sum(nil))[:16]+".cpio")
+	if fi, err := os.Stat(dst); err == nil && fi.Mode().IsRegular() {
+		return dst, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	if err := writeAtomic(dst, func(f *os.File) error { return writeArchive(f, agent, mods) }); err != nil {
+		return "", fmt.Errorf("initramfs: %w", err)
+	}
+	return dst, nil
+}
+
+// module is one kernel module file bound for /lib/modules.
+type module struct {
+	name string // file name, e.g. "virtio_blk.ko"
+	data []byte
+}
+
+// readModules resolves and reads the modules of o, in load order.
+func readModules(ctx context.Context, o BuildOptions) ([]module, error) {
+	names := o.Modules
+	if o.ModulesDir == "" {
+		if len(names) > 0 {
+			return nil, fmt.Errorf("initramfs: %w: modules %v requested without a modules directory", errdefs.ErrInvalidArgument, names)
+		}
+		return nil, nil
+	}
+	if names == nil {
+		names = DefaultModules
+	}
+	if len(names) == 0 {
+		return nil, nil
+	}
+	if fi, err := os.Stat(o.ModulesDir); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("initramfs: kernel modules directory %q: %w (install the kernel and its modules with %q)",
+			o.ModulesDir, errdefs.ErrMissingDependency, "apt-get install linux-image-cloud-amd64")
+	}
+	paths, err := ModuleOrder(o.ModulesDir, names)
+	if err != nil {
+		return nil, fmt.Errorf("initramfs: %w", err)
+	}
+	mods := make([]module, 0, len(paths))
+	seen := map[string]string{}
+	for _, p := range paths {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		name := filepath.Base(p)
+		if other, dup := seen[name]; dup {
+			return nil, fmt.Errorf("initramfs: modules %s and %s share the file name %s", other, p, name)
+		}
+		seen[name] = p
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(o.ModulesDir, p)
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("initramfs: kernel module: %w", err)
+		}
+		mods = append(mods, module{name: name, data: data})
+	}
+	return mods, nil
+}
+
+// hashField adds a length-prefixed field, so that field boundaries are
+// part of the hash.
+func hashField(h hash.Hash, b []byte) {
+	h.Write(binary.BigEndian.AppendUint64(nil, uint64(len(b))))
+	h.Write(b)
+}
+
+// archiveDirs are created in this order, parents first.
+var archiveDirs = []struct {
+	name string
+	mode os.FileMode
+}{
+	{"dev", 0o755},
+	{"proc", 0o555},
+	{"sys", 0o555},
+	{"tmp", 0o777 | os.ModeSticky},
+	{"run", 0o755},
+	{"box", 0o755},
+	{"etc", 0o755},
+	{"etc/boxlite", 0o755},
+	{"lib", 0o755},
+	{"lib/modules", 0o755},
+}
+
+// writeArchive writes the initramfs to f.
+func writeArchive(f *os.File, agent []byte, mods []module) error {
+	bw := bufio.NewWriterSize(f, 1<<20)
+	w := NewWriter(bw)
+	for _, d := range archiveDirs {
+		if err := w.Dir(d.name, d.mode); err != nil {
+			return err
+		}
+	}
+	if err := w.CharDevice("dev/console", 0o600, 5, 1); err != nil {
+		return err
+	}
+	var list strings.Builder
+	for _, m := range mods {
+		if err := w.File("lib/modules/"+m.name, 0o644, m.data); err != nil {
+			return err
+		}
+		list.WriteString(m.name + "\n")
+	}
+	if err := w.File("etc/boxlite/modules", 0o644, []byte(list.String())); err != nil {
+		return err
+	}
+	if err := w.File("init", 0o755, agent); err != nil {
+		return err
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// writeAtomic creates dst by writing a temporary file in its directory
+// with write and renaming it.
+func writeAtomic(dst string, write func(*os.File) error) (err error) {
+	dir := filepath.Dir(dst)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(dst)+".*.tmp")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if err := write(f); err != nil {
+		return err
+	}
+	if err := f.Chmod(0o644); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), dst)
+}
