@@ -31,6 +31,7 @@ type Options struct {
 	// else boxlite-agent next to the running executable, else in PATH.
 	AgentPath string
 	// Accel is "kvm", "tcg" or "" to pick KVM when /dev/kvm is usable.
+	// Default: $BOXLITE_ACCEL.
 	Accel string
 	// ImageRegistries are tried in order for unqualified image names.
 	ImageRegistries []Registry

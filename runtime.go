@@ -52,6 +52,9 @@ func NewRuntime(opts Options) (*Runtime, error) {
 		return nil, fmt.Errorf("home dir %q: %w", opts.HomeDir, err)
 	}
 	opts.HomeDir = abs
+	if opts.Accel == "" {
+		opts.Accel = os.Getenv("BOXLITE_ACCEL")
+	}
 	switch opts.Accel {
 	case "", "kvm", "tcg":
 	default:
