@@ -36,7 +36,6 @@ func newRunCmd(g *globals) *cobra.Command {
 		Long: "Run boots a new box from a root filesystem (a directory or an ext4 image),\n" +
 			"runs COMMAND in it, prints its output, removes the box, and exits with\n" +
 			"the command's exit code (125 when the runtime fails).",
-		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return f.run(cmd, g, args)
 		},
@@ -62,6 +61,9 @@ func (f *runFlags) run(cmd *cobra.Command, g *globals, args []string) error {
 		MemoryMiB: f.memory,
 	}
 	if f.rootfs == "" {
+		if len(args) == 0 {
+			return fmt.Errorf("give an IMAGE or --rootfs DIR, then a command: %w", boxlite.ErrInvalidArgument)
+		}
 		opts.Image, args = args[0], args[1:]
 	}
 	if len(args) == 0 {
