@@ -1,0 +1,246 @@
+// Command bench measures boot and exec latency of boxes against a raw QEMU
+// baseline in the same run, and prints a markdown table.
+//
+//	go run ./bench -agent bin/boxlite-agent -rootfs .cache/rootfs/busybox
+//
+// Rows:
+//   - raw boot: QEMU started directly with the same argv (kernel,
+//     initramfs, disk) until the agent answers Hello — no runtime code.
+//   - box boot to first exec: Box.Start, then Exec("true") and Wait.
+//   - exec round trip: Exec("true") + Wait on a running box.
+//
+// Boots alternate between the two kinds so that drift in the machine's
+// speed hits both equally.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"syscall"
+	"time"
+
+	"github.com/boxlite-go/boxlite"
+	"github.com/boxlite-go/boxlite/internal/agent/client"
+	"github.com/boxlite-go/boxlite/internal/disk"
+	"github.com/boxlite-go/boxlite/internal/initramfs"
+	"github.com/boxlite-go/boxlite/internal/kernel"
+	"github.com/boxlite-go/boxlite/internal/store"
+	"github.com/boxlite-go/boxlite/internal/vmm"
+	"github.com/boxlite-go/boxlite/internal/vmm/qemu"
+)
+
+func main() {
+	agent := flag.String("agent", "bin/boxlite-agent", "guest agent binary")
+	rootfs := flag.String("rootfs", ".cache/rootfs/busybox", "root filesystem directory")
+	boots := flag.Int("boots", 10, "boots of each kind")
+	execs := flag.Int("execs", 200, "exec round trips")
+	accel := flag.String("accel", "", "kvm, tcg or empty for auto")
+	flag.Parse()
+	if err := run(*agent, *rootfs, *accel, *boots, *execs); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(agent, rootfs, accel string, boots, execs int) error {
+	ctx := context.Background()
+	home, err := os.MkdirTemp("", "boxlite-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(home)
+	agent, _ = filepath.Abs(agent)
+	rootfs, _ = filepath.Abs(rootfs)
+
+	rt, err := boxlite.NewRuntime(boxlite.Options{HomeDir: home, AgentPath: agent, Accel: accel})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		rt.Shutdown(sctx)
+	}()
+	box, err := rt.Create(ctx, boxlite.BoxOptions{Rootfs: rootfs}, "bench")
+	if err != nil {
+		return err
+	}
+	raw, err := newRawBooter(ctx, home, agent, rootfs, accel)
+	if err != nil {
+		return err
+	}
+	defer raw.close()
+
+	// Warm-up: one boot of each kind, not counted (page cache, asset caches).
+	if _, err := raw.boot(ctx); err != nil {
+		return fmt.Errorf("raw boot: %w", err)
+	}
+	if _, err := boxBoot(ctx, box); err != nil {
+		return err
+	}
+
+	var rawT, boxT []time.Duration
+	for i := range boots {
+		d, err := raw.boot(ctx)
+		if err != nil {
+			return fmt.Errorf("raw boot %d: %w", i, err)
+		}
+		rawT = append(rawT, d)
+		d, err = boxBoot(ctx, box)
+		if err != nil {
+			return fmt.Errorf("box boot %d: %w", i, err)
+		}
+		boxT = append(boxT, d)
+	}
+
+	if err := box.Start(ctx); err != nil {
+		return err
+	}
+	var execT []time.Duration
+	for range execs {
+		t0 := time.Now()
+		if err := execTrue(ctx, box); err != nil {
+			return err
+		}
+		execT = append(execT, time.Since(t0))
+	}
+	if err := box.Stop(ctx); err != nil {
+		return err
+	}
+
+	rawMed, boxMed := pct(rawT, 50), pct(boxT, 50)
+	fmt.Printf("accelerator: %s, %s\n\n", raw.accel, time.Now().Format("2006-01-02"))
+	fmt.Println("| benchmark | n | median | p99 | ratio |")
+	fmt.Println("|---|---|---|---|---|")
+	fmt.Printf("| raw QEMU boot to agent Hello (baseline) | %d | %s | %s | 1.00 |\n", len(rawT), ms(rawMed), ms(pct(rawT, 99)))
+	fmt.Printf("| box boot to first exec (Start + exec true) | %d | %s | %s | %.2f |\n", len(boxT), ms(boxMed), ms(pct(boxT, 99)), float64(boxMed)/float64(rawMed))
+	fmt.Printf("| exec round trip (exec true + wait) | %d | %s | %s | |\n", len(execT), ms(pct(execT, 50)), ms(pct(execT, 99)))
+	return nil
+}
+
+func boxBoot(ctx context.Context, box *boxlite.Box) (time.Duration, error) {
+	t0 := time.Now()
+	if err := box.Start(ctx); err != nil {
+		return 0, err
+	}
+	if err := execTrue(ctx, box); err != nil {
+		return 0, err
+	}
+	d := time.Since(t0)
+	return d, box.Stop(ctx)
+}
+
+func execTrue(ctx context.Context, box *boxlite.Box) error {
+	ex, err := box.Exec(ctx, boxlite.Command{Name: "true"})
+	if err != nil {
+		return err
+	}
+	res, err := ex.Wait(ctx)
+	if err == nil && res.ExitCode != 0 {
+		err = fmt.Errorf("true exited %d", res.ExitCode)
+	}
+	return err
+}
+
+// rawBooter starts QEMU by hand with the runtime's own argv.
+type rawBooter struct {
+	dir   string
+	argv  []string
+	sock  string
+	accel string
+}
+
+func newRawBooter(ctx context.Context, home, agent, rootfs, accel string) (*rawBooter, error) {
+	layout := store.Layout{Home: home}
+	k, err := kernel.Locate("")
+	if err != nil {
+		return nil, err
+	}
+	vmlinux, err := kernel.Prepare(ctx, k, layout.KernelCache())
+	if err != nil {
+		return nil, err
+	}
+	initrd, err := initramfs.Build(ctx, initramfs.BuildOptions{AgentPath: agent, ModulesDir: k.ModulesDir, CacheDir: layout.InitramfsCache()})
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "boxlite-raw-")
+	if err != nil {
+		return nil, err
+	}
+	base := filepath.Join(dir, "base.ext4")
+	overlay := filepath.Join(dir, "disk.qcow2")
+	if err := disk.BaseFromDir(ctx, rootfs, base, 10<<30); err != nil {
+		return nil, err
+	}
+	if err := disk.Overlay(ctx, base, "raw", overlay, 0); err != nil {
+		return nil, err
+	}
+	m, err := qemu.New(vmm.Config{
+		Name: "boxlite-raw", Dir: dir, Kernel: vmlinux, Initrd: initrd,
+		Cmdline: "boxlite.hostname=raw", CPUs: boxlite.DefaultCPUs, MemoryMiB: boxlite.DefaultMemoryMiB,
+		Disks:      []vmm.Disk{{Path: overlay, Format: "qcow2"}},
+		ConsoleLog: filepath.Join(dir, "console.log"), Accel: accel,
+	})
+	if err != nil {
+		return nil, err
+	}
+	p := m.Params()
+	return &rawBooter{dir: dir, argv: qemu.Argv(p), sock: p.AgentSocket, accel: p.Accel + " " + p.MachineType()}, nil
+}
+
+func (r *rawBooter) boot(ctx context.Context) (time.Duration, error) {
+	os.Remove(r.sock)
+	t0 := time.Now()
+	cmd := exec.Command(r.argv[0], r.argv[1:]...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	bctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	c, err := client.Dial(bctx, func(ctx context.Context) (net.Conn, error) {
+		for {
+			var d net.Dialer
+			conn, err := d.DialContext(ctx, "unix", r.sock)
+			if err == nil {
+				return conn, nil
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	d := time.Since(t0)
+	c.Close()
+	return d, nil
+}
+
+func (r *rawBooter) close() { os.RemoveAll(r.dir) }
+
+func pct(ds []time.Duration, p int) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := (len(s)*p + 99) / 100
+	if i > 0 {
+		i--
+	}
+	return s[i]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
