@@ -36,7 +36,9 @@ type Config struct {
 	CPUs      int
 	MemoryMiB int
 	Disks     []Disk
-	// ConsoleLog receives the guest's serial console; "" discards it.
+	// ConsoleLog receives the guest's serial console, truncated at each
+	// start; "" means console.log in Dir. Kernel panics are recognised
+	// there.
 	ConsoleLog string
 	// Accel is "kvm", "tcg" or "" (auto: kvm when /dev/kvm is usable).
 	Accel string
