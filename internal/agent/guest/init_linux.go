@@ -253,7 +253,7 @@ func setupBox(dev, root string, log *slog.Logger) error {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if err := (mount{dev, root, "ext4", 0, ""}).do(); err != nil {
+	if err := (mount{dev, root, "ext4", 0, "noinit_itable"}).do(); err != nil {
 		return err
 	}
 	for _, m := range pseudoMounts(root) {
