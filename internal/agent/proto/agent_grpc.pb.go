@@ -42,6 +42,9 @@ type AgentClient interface {
 	// Exec runs one process. The first client message must be ExecInput.start;
 	// then stdin, signals and resizes follow. The server answers with started,
 	// then stdout/stderr chunks in order, then exactly one exit, and closes.
+	// A program that cannot be started (not found: 127, not executable: 126)
+	// gets no started: only its error message on stderr (stdout with a TTY)
+	// and the exit.
 	Exec(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExecInput, ExecOutput], error)
 	// Sync flushes the guest's filesystems.
 	Sync(ctx context.Context, in *SyncRequest, opts ...grpc.CallOption) (*SyncResponse, error)
@@ -109,6 +112,9 @@ type AgentServer interface {
 	// Exec runs one process. The first client message must be ExecInput.start;
 	// then stdin, signals and resizes follow. The server answers with started,
 	// then stdout/stderr chunks in order, then exactly one exit, and closes.
+	// A program that cannot be started (not found: 127, not executable: 126)
+	// gets no started: only its error message on stderr (stdout with a TTY)
+	// and the exit.
 	Exec(grpc.BidiStreamingServer[ExecInput, ExecOutput]) error
 	// Sync flushes the guest's filesystems.
 	Sync(context.Context, *SyncRequest) (*SyncResponse, error)
