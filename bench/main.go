@@ -102,6 +102,10 @@ func run(agent, rootfs, accel string, boots, execs int) error {
 	if err := box.Start(ctx); err != nil {
 		return err
 	}
+	pingT, err := raw.pings(ctx, execs)
+	if err != nil {
+		return fmt.Errorf("ping: %w", err)
+	}
 	var execT []time.Duration
 	for range execs {
 		t0 := time.Now()
@@ -120,7 +124,8 @@ func run(agent, rootfs, accel string, boots, execs int) error {
 	fmt.Println("|---|---|---|---|---|")
 	fmt.Printf("| raw QEMU boot to agent Hello (baseline) | %d | %s | %s | 1.00 |\n", len(rawT), ms(rawMed), ms(pct(rawT, 99)))
 	fmt.Printf("| box boot to first exec (Start + exec true) | %d | %s | %s | %.2f |\n", len(boxT), ms(boxMed), ms(pct(boxT, 99)), float64(boxMed)/float64(rawMed))
-	fmt.Printf("| exec round trip (exec true + wait) | %d | %s | %s | |\n", len(execT), ms(pct(execT, 50)), ms(pct(execT, 99)))
+	fmt.Printf("| exec round trip (exec true + wait), p50 | %d | %s | %s | |\n", len(execT), ms(pct(execT, 50)), ms(pct(execT, 99)))
+	fmt.Printf("| agent ping (Hello round trip), p50 | %d | %s | %s | |\n", len(pingT), ms(pct(pingT, 50)), ms(pct(pingT, 99)))
 	return nil
 }
 
@@ -196,12 +201,23 @@ func newRawBooter(ctx context.Context, home, agent, rootfs, accel string) (*rawB
 }
 
 func (r *rawBooter) boot(ctx context.Context) (time.Duration, error) {
+	d, _, err := r.bootWith(ctx, 0)
+	return d, err
+}
+
+// pings boots once and times n agent Hello round trips.
+func (r *rawBooter) pings(ctx context.Context, n int) ([]time.Duration, error) {
+	_, ds, err := r.bootWith(ctx, n)
+	return ds, err
+}
+
+func (r *rawBooter) bootWith(ctx context.Context, pings int) (time.Duration, []time.Duration, error) {
 	os.Remove(r.sock)
 	t0 := time.Now()
 	cmd := exec.Command(r.argv[0], r.argv[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	defer func() {
 		cmd.Process.Kill()
@@ -224,11 +240,19 @@ func (r *rawBooter) boot(ctx context.Context) (time.Duration, error) {
 		}
 	})
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	d := time.Since(t0)
-	c.Close()
-	return d, nil
+	defer c.Close()
+	var ds []time.Duration
+	for range pings {
+		t := time.Now()
+		if err := c.Ping(ctx); err != nil {
+			return 0, nil, err
+		}
+		ds = append(ds, time.Since(t))
+	}
+	return d, ds, nil
 }
 
 func (r *rawBooter) close() { os.RemoveAll(r.dir) }
