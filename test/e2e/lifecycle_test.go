@@ -2,8 +2,11 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -284,4 +287,38 @@ func TestStateChecks(t *testing.T) {
 	if _, err := rt.Get(ctx, "states"); !errors.Is(err, boxlite.ErrNotFound) {
 		t.Errorf("get removed: %v", err)
 	}
+}
+
+// TestExt4Rootfs: an ext4 image as the rootfs is used read-only under the
+// box's own overlay.
+func TestExt4Rootfs(t *testing.T) {
+	rt := newRuntime(t, boxlite.Options{})
+	img := filepath.Join(t.TempDir(), "root.ext4")
+	if out, err := exec.Command("truncate", "-s", "256M", img).CombinedOutput(); err != nil {
+		t.Fatalf("truncate: %v %s", err, out)
+	}
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", rootfsPath, img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v %s", err, out)
+	}
+	before := fileHash(t, img)
+	box := startBox(t, rt, boxlite.BoxOptions{Rootfs: img})
+	r := run(t, box, sh("echo written > /root/new; cat /etc/issue; cat /root/new"))
+	if r.stdout != "boxlite busybox\nwritten\n" {
+		t.Fatalf("got %q", r.stdout)
+	}
+	if err := box.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if fileHash(t, img) != before {
+		t.Fatal("the box wrote to its ext4 rootfs image")
+	}
+}
+
+func fileHash(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%x", sha256.Sum256(b))
 }
