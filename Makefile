@@ -10,7 +10,7 @@ deps:
 	./scripts/install-deps.sh
 
 build:
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/boxlite-agent ./cmd/boxlite-agent
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags="-s -w" -o $(BIN)/boxlite-agent ./cmd/boxlite-agent
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/boxlite ./cmd/boxlite
 
 rootfs:

@@ -29,6 +29,9 @@ type BuildOptions struct {
 	// Modules are the module names to include, dependencies added; nil
 	// means DefaultModules (an empty non-nil slice means none).
 	Modules []string
+	// LateModules are loaded after the agent serves; nil means
+	// DefaultLateModules when Modules is nil too, else none.
+	LateModules []string
 	// CacheDir receives the archive.
 	CacheDir string
 }
@@ -58,6 +61,9 @@ func Build(ctx context.Context, o BuildOptions) (path string, err error) {
 	hashField(h, []byte(cacheVersion))
 	hashField(h, agent)
 	for _, m := range mods {
+		if m.late {
+			hashField(h, []byte(LateMarker))
+		}
 		hashField(h, []byte(m.name))
 		hashField(h, m.data)
 	}
@@ -78,13 +84,17 @@ func Build(ctx context.Context, o BuildOptions) (path string, err error) {
 type module struct {
 	name string // file name, e.g. "virtio_blk.ko"
 	data []byte
+	late bool // loaded after the agent serves
 }
 
 // readModules resolves and reads the modules of o, in load order.
 func readModules(ctx context.Context, o BuildOptions) ([]module, error) {
-	names := o.Modules
+	names, late := o.Modules, o.LateModules
+	if names == nil && late == nil {
+		late = DefaultLateModules
+	}
 	if o.ModulesDir == "" {
-		if len(names) > 0 {
+		if len(names) > 0 || len(o.LateModules) > 0 {
 			return nil, fmt.Errorf("initramfs: %w: modules %v requested without a modules directory", errdefs.ErrInvalidArgument, names)
 		}
 		return nil, nil
@@ -92,7 +102,7 @@ func readModules(ctx context.Context, o BuildOptions) ([]module, error) {
 	if names == nil {
 		names = DefaultModules
 	}
-	if len(names) == 0 {
+	if len(names) == 0 && len(late) == 0 {
 		return nil, nil
 	}
 	if fi, err := os.Stat(o.ModulesDir); err != nil || !fi.IsDir() {
@@ -103,9 +113,23 @@ func readModules(ctx context.Context, o BuildOptions) ([]module, error) {
 	if err != nil {
 		return nil, fmt.Errorf("initramfs: %w", err)
 	}
+	early := len(paths)
+	latePaths, err := ModuleOrder(o.ModulesDir, late)
+	if err != nil {
+		return nil, fmt.Errorf("initramfs: %w", err)
+	}
+	have := map[string]bool{}
+	for _, p := range paths {
+		have[p] = true
+	}
+	for _, p := range latePaths {
+		if !have[p] {
+			paths = append(paths, p)
+		}
+	}
 	mods := make([]module, 0, len(paths))
 	seen := map[string]string{}
-	for _, p := range paths {
+	for i, p := range paths {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
@@ -121,7 +145,7 @@ func readModules(ctx context.Context, o BuildOptions) ([]module, error) {
 		if err != nil {
 			return nil, fmt.Errorf("initramfs: kernel module: %w", err)
 		}
-		mods = append(mods, module{name: name, data: data})
+		mods = append(mods, module{name: name, data: data, late: i >= early})
 	}
 	return mods, nil
 }
@@ -163,9 +187,14 @@ func writeArchive(f *os.File, agent []byte, mods []module) error {
 		return err
 	}
 	var list strings.Builder
+	marked := false
 	for _, m := range mods {
 		if err := w.File("lib/modules/"+m.name, 0o644, m.data); err != nil {
 			return err
+		}
+		if m.late && !marked {
+			list.WriteString(LateMarker + "\n")
+			marked = true
 		}
 		list.WriteString(m.name + "\n")
 	}

@@ -1,6 +1,7 @@
 package initramfs
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -281,9 +282,7 @@ func TestBuildCanceled(t *testing.T) {
 // TestBuildHost builds the default initramfs from the host's kernel
 // modules.
 func TestBuildHost(t *testing.T) {
-	if _, err := os.Stat(filepath.Join(hostModulesDir, "modules.dep")); err != nil {
-		t.Skipf("%s absent (install it with %q)", hostModulesDir, "apt-get install linux-image-cloud-amd64")
-	}
+	requireHostModules(t)
 	dir := t.TempDir()
 	agent := filepath.Join(dir, "boxlite-agent")
 	if err := os.WriteFile(agent, []byte("agent"), 0o755); err != nil {
@@ -311,4 +310,31 @@ func TestBuildHost(t *testing.T) {
 		t.Fatalf("/etc/boxlite/modules = %q", list)
 	}
 	t.Logf("%d bytes, modules:\n%s", len(data), list)
+}
+
+// TestBuildLateModules: late modules follow the marker, and modules the
+// early ones already pull in are not listed twice.
+func TestBuildLateModules(t *testing.T) {
+	requireHostModules(t)
+	agent := filepath.Join(t.TempDir(), "agent")
+	os.WriteFile(agent, []byte("agent"), 0o755)
+	path, err := Build(context.Background(), BuildOptions{AgentPath: agent, ModulesDir: hostModulesDir, CacheDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(data, []byte("virtio_ring.ko\n"))
+	if i < 0 {
+		t.Fatal("module list not found")
+	}
+	list := string(data[i:])
+	list = list[:strings.Index(list, "\x00")]
+	early, late, ok := strings.Cut(list, LateMarker+"\n")
+	if !ok || !strings.Contains(early, "virtio_blk.ko\n") || !strings.Contains(late, "virtio_net.ko\n") ||
+		!strings.Contains(late, "vmw_vsock_virtio_transport.ko\n") || strings.Contains(late, "virtio.ko\n") {
+		t.Fatalf("module list:\n%s", list)
+	}
 }

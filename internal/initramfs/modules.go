@@ -11,18 +11,27 @@ import (
 )
 
 // DefaultModules are the modules the guest needs from Debian's cloud
-// kernel: the virtio transports (MMIO for -M microvm, PCI for q35), the
-// box disk, the agent's virtio-serial port, networking, entropy and vsock.
+// kernel before its agent can serve: the virtio transports (MMIO for -M
+// microvm, PCI for q35), the box disk and the agent's virtio-serial port.
 // [ModuleOrder] adds their dependencies.
 var DefaultModules = []string{
 	"virtio_mmio",
 	"virtio_pci",
 	"virtio_blk",
 	"virtio_console",
+}
+
+// DefaultLateModules are loaded by the agent after it started serving, so
+// they do not delay the boot: networking, entropy and vsock.
+var DefaultLateModules = []string{
 	"virtio_net",
 	"virtio_rng",
 	"vmw_vsock_virtio_transport",
 }
+
+// LateMarker separates, in the initramfs's module list, the modules loaded
+// before the agent serves from those loaded in the background after.
+const LateMarker = "@late"
 
 // ModuleOrder resolves module names (virtio_blk or virtio-blk) to paths
 // relative to modulesDir, dependencies included, in an order they can be

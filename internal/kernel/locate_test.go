@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -145,7 +146,7 @@ func TestLocate(t *testing.T) {
 // TestLocateHost checks the default search on this host's /boot.
 func TestLocateHost(t *testing.T) {
 	if _, err := os.Stat(hostKernel); err != nil {
-		t.Skipf("%s absent (install it with %q)", hostKernel, InstallHint)
+		skipOrFail(t, fmt.Sprintf("%s absent (install it with %q)", hostKernel, InstallHint))
 	}
 	k, err := locate(func(string) string { return "" }, "/boot", "/lib/modules", "")
 	if err != nil {

@@ -74,7 +74,7 @@ func Main() {
 	for _, err := range mountBase() {
 		log.Error("init: mount", "err", err)
 	}
-	loadModules(log)
+	late := loadModules(log)
 	cmdline, _ := os.ReadFile("/proc/cmdline")
 	params := parseCmdline(string(cmdline))
 	if err := unix.Sethostname([]byte(params.hostname)); err != nil {
@@ -102,15 +102,29 @@ func Main() {
 			log.Error("serve", "addr", l.Addr().String(), "err", err)
 		}
 	}
-	vsock := openVsock(log)
-	if vsock != nil {
-		go serve(vsock) // at once: the port may take a while to show up
-	}
-	if port := openPort(log); port != nil {
+	port := openPort(log)
+	if port != nil {
 		go serve(port)
-	} else if vsock == nil {
-		log.Error("init: no transport to the host (virtio-serial port or vsock); powering off")
-		powerOff(root, false, log)
+	}
+	// Modules not needed to serve (network, entropy, vsock) load now, off
+	// the boot's critical path; vsock is served once its driver is in.
+	lateDone := make(chan struct{})
+	go func() {
+		defer close(lateDone)
+		for _, name := range late {
+			if err := loadModule(filepath.Join(modulesDir, name)); err != nil {
+				log.Error("init: load module", "module", name, "err", err)
+			}
+		}
+		if vsock := openVsock(log); vsock != nil {
+			go serve(vsock)
+		} else if port == nil {
+			log.Error("init: no transport to the host (virtio-serial port or vsock); powering off")
+			powerOff(root, false, log)
+		}
+	}()
+	if port == nil {
+		<-lateDone
 	}
 	log.Info("agent ready", "version", Version, "root", root)
 	for {
@@ -200,27 +214,39 @@ func mountBase() []error {
 	return errs
 }
 
-// loadModules loads the kernel modules listed, in order, in modulesList.
-func loadModules(log *slog.Logger) {
+// loadModules loads the kernel modules listed, in order, in modulesList,
+// up to the line "@late"; it returns the names listed after that line, to
+// be loaded once the agent serves.
+func loadModules(log *slog.Logger) (late []string) {
 	f, err := os.Open(modulesList)
 	if errors.Is(err, os.ErrNotExist) {
-		return
+		return nil
 	}
 	if err != nil {
 		log.Error("init: modules", "err", err)
-		return
+		return nil
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
+	inLate := false
 	for sc.Scan() {
 		name := strings.TrimSpace(sc.Text())
 		if name == "" || strings.HasPrefix(name, "#") {
+			continue
+		}
+		if name == "@late" {
+			inLate = true
+			continue
+		}
+		if inLate {
+			late = append(late, name)
 			continue
 		}
 		if err := loadModule(filepath.Join(modulesDir, name)); err != nil {
 			log.Error("init: load module", "module", name, "err", err)
 		}
 	}
+	return late
 }
 
 func loadModule(path string) error {
