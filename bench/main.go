@@ -41,14 +41,15 @@ func main() {
 	boots := flag.Int("boots", 10, "boots of each kind")
 	execs := flag.Int("execs", 200, "exec round trips")
 	accel := flag.String("accel", "", "kvm, tcg or empty for auto")
+	cpus := flag.Int("cpus", boxlite.DefaultCPUs, "vCPUs of the measured boxes")
 	flag.Parse()
-	if err := run(*agent, *rootfs, *accel, *boots, *execs); err != nil {
+	if err := run(*agent, *rootfs, *accel, *cpus, *boots, *execs); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(agent, rootfs, accel string, boots, execs int) error {
+func run(agent, rootfs, accel string, cpus, boots, execs int) error {
 	ctx := context.Background()
 	home, err := os.MkdirTemp("", "boxlite-bench-")
 	if err != nil {
@@ -67,11 +68,11 @@ func run(agent, rootfs, accel string, boots, execs int) error {
 		defer cancel()
 		rt.Shutdown(sctx)
 	}()
-	box, err := rt.Create(ctx, boxlite.BoxOptions{Rootfs: rootfs}, "bench")
+	box, err := rt.Create(ctx, boxlite.BoxOptions{Rootfs: rootfs, CPUs: cpus}, "bench")
 	if err != nil {
 		return err
 	}
-	raw, err := newRawBooter(ctx, home, agent, rootfs, accel)
+	raw, err := newRawBooter(ctx, home, agent, rootfs, accel, cpus)
 	if err != nil {
 		return err
 	}
@@ -119,7 +120,7 @@ func run(agent, rootfs, accel string, boots, execs int) error {
 	}
 
 	rawMed, boxMed := pct(rawT, 50), pct(boxT, 50)
-	fmt.Printf("accelerator: %s, %s\n\n", raw.accel, time.Now().Format("2006-01-02"))
+	fmt.Printf("accelerator: %s, %d vCPU, %s\n\n", raw.accel, cpus, time.Now().Format("2006-01-02"))
 	fmt.Println("| benchmark | n | median | p99 | ratio |")
 	fmt.Println("|---|---|---|---|---|")
 	fmt.Printf("| raw QEMU boot to agent Hello (baseline) | %d | %s | %s | 1.00 |\n", len(rawT), ms(rawMed), ms(pct(rawT, 99)))
@@ -161,7 +162,7 @@ type rawBooter struct {
 	accel string
 }
 
-func newRawBooter(ctx context.Context, home, agent, rootfs, accel string) (*rawBooter, error) {
+func newRawBooter(ctx context.Context, home, agent, rootfs, accel string, cpus int) (*rawBooter, error) {
 	layout := store.Layout{Home: home}
 	k, err := kernel.Locate("")
 	if err != nil {
@@ -189,7 +190,7 @@ func newRawBooter(ctx context.Context, home, agent, rootfs, accel string) (*rawB
 	}
 	m, err := qemu.New(vmm.Config{
 		Name: "boxlite-raw", Dir: dir, Kernel: vmlinux, Initrd: initrd,
-		Cmdline: "boxlite.hostname=raw", CPUs: boxlite.DefaultCPUs, MemoryMiB: boxlite.DefaultMemoryMiB,
+		Cmdline: "boxlite.hostname=raw", CPUs: cpus, MemoryMiB: boxlite.DefaultMemoryMiB,
 		Disks:      []vmm.Disk{{Path: overlay, Format: "qcow2"}},
 		ConsoleLog: filepath.Join(dir, "console.log"), Accel: accel,
 	})
