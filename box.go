@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/boxlite-go/boxlite/internal/agent/client"
+	"github.com/boxlite-go/boxlite/internal/image"
 	"github.com/boxlite-go/boxlite/internal/initramfs"
 	"github.com/boxlite-go/boxlite/internal/kernel"
 	"github.com/boxlite-go/boxlite/internal/vmm"
@@ -23,6 +24,9 @@ type Box struct {
 	id, name  string
 	opts      BoxOptions
 	createdAt time.Time
+	base      string // image base disk; "" for a rootfs box
+	// Defaults from the image config, under opts.
+	imageEntrypoint, imageCmd []string
 
 	mu        sync.Mutex
 	status    Status
@@ -312,4 +316,41 @@ func mergeEnv(base, extra []string) []string {
 		out = append(out, kv)
 	}
 	return out
+}
+
+// applyImageConfig makes the image's config the box's defaults where the
+// box options say nothing, as docker does: Env merges (options win),
+// WorkingDir and User are taken when unset.
+func (b *Box) applyImageConfig(c image.Config) {
+	b.opts.Env = mergeEnv(c.Env, b.opts.Env)
+	if b.opts.WorkingDir == "" {
+		b.opts.WorkingDir = c.WorkingDir
+	}
+	if b.opts.User == "" {
+		b.opts.User = c.User
+	}
+	b.imageEntrypoint, b.imageCmd = c.Entrypoint, c.Cmd
+}
+
+// Command returns the box's main command the way docker run builds it:
+// the entrypoint (BoxOptions.Entrypoint, else the image's) followed by args,
+// or when args is empty by BoxOptions.Cmd, else the image's Cmd. A box
+// without any of them answers ErrInvalidArgument.
+func (b *Box) Command(args ...string) (Command, error) {
+	entry := b.opts.Entrypoint
+	if entry == nil {
+		entry = b.imageEntrypoint
+	}
+	cmd := args
+	if len(cmd) == 0 {
+		cmd = b.opts.Cmd
+		if cmd == nil && b.opts.Entrypoint == nil {
+			cmd = b.imageCmd
+		}
+	}
+	argv := append(append([]string(nil), entry...), cmd...)
+	if len(argv) == 0 {
+		return Command{}, fmt.Errorf("box %s: no command given and no entrypoint or cmd configured: %w", b.label(), ErrInvalidArgument)
+	}
+	return Command{Name: argv[0], Args: argv[1:]}, nil
 }

@@ -37,7 +37,6 @@ func TestBoxOptionsValidate(t *testing.T) {
 		{"defaults", BoxOptions{Rootfs: "/x"}, nil},
 		{"no source", BoxOptions{}, ErrInvalidArgument},
 		{"both sources", BoxOptions{Rootfs: "/x", Image: "alpine"}, ErrInvalidArgument},
-		{"image not yet", BoxOptions{Image: "alpine"}, ErrImage},
 		{"negative cpus", BoxOptions{Rootfs: "/x", CPUs: -1}, ErrInvalidArgument},
 		{"absurd cpus", BoxOptions{Rootfs: "/x", CPUs: 1000}, ErrInvalidArgument},
 		{"tiny memory", BoxOptions{Rootfs: "/x", MemoryMiB: 8}, ErrInvalidArgument},

@@ -18,6 +18,7 @@ import (
 
 	"github.com/boxlite-go/boxlite/internal/disk"
 	"github.com/boxlite-go/boxlite/internal/errdefs"
+	"github.com/boxlite-go/boxlite/internal/image"
 	"github.com/boxlite-go/boxlite/internal/store"
 )
 
@@ -33,6 +34,10 @@ type Runtime struct {
 
 	assetsMu        sync.Mutex
 	vmlinux, initrd string
+
+	imagesOnce sync.Once
+	images     *image.Store
+	imagesErr  error
 }
 
 // NewRuntime opens the home directory, creating it when missing.
@@ -112,8 +117,6 @@ func (o *BoxOptions) validate() error {
 		return fmt.Errorf("box needs an image or a rootfs: %w", ErrInvalidArgument)
 	case o.Image != "" && o.Rootfs != "":
 		return fmt.Errorf("box takes an image or a rootfs, not both: %w", ErrInvalidArgument)
-	case o.Image != "":
-		return fmt.Errorf("image %q: image pulls are not supported yet, use a rootfs: %w", o.Image, ErrImage)
 	}
 	for _, kv := range o.Env {
 		if !strings.Contains(kv, "=") || strings.HasPrefix(kv, "=") {
@@ -144,21 +147,31 @@ func (rt *Runtime) Create(ctx context.Context, opts BoxOptions, name string) (*B
 	if name != "" && !validName(name) {
 		return nil, fmt.Errorf("box name %q: use letters, digits, '-', '_' and '.': %w", name, ErrInvalidArgument)
 	}
-	rootfs, err := filepath.Abs(opts.Rootfs)
-	if err != nil {
-		return nil, fmt.Errorf("rootfs %q: %w", opts.Rootfs, ErrInvalidArgument)
-	}
-	st, err := os.Stat(rootfs)
-	if err != nil {
-		return nil, fmt.Errorf("rootfs %q: %w", opts.Rootfs, ErrNotFound)
-	}
-	if !st.IsDir() {
-		ok, err := disk.IsExt4(rootfs)
-		if err != nil || !ok {
-			return nil, fmt.Errorf("rootfs %q: neither a directory nor an ext4 image: %w", opts.Rootfs, ErrInvalidArgument)
+	var img *image.Image
+	var base string
+	if opts.Image != "" {
+		var err error
+		if img, base, err = rt.imageBase(ctx, opts.Image); err != nil {
+			return nil, err
 		}
+		opts.Image = img.Ref
+	} else {
+		rootfs, err := filepath.Abs(opts.Rootfs)
+		if err != nil {
+			return nil, fmt.Errorf("rootfs %q: %w", opts.Rootfs, ErrInvalidArgument)
+		}
+		st, err := os.Stat(rootfs)
+		if err != nil {
+			return nil, fmt.Errorf("rootfs %q: %w", opts.Rootfs, ErrNotFound)
+		}
+		if !st.IsDir() {
+			ok, err := disk.IsExt4(rootfs)
+			if err != nil || !ok {
+				return nil, fmt.Errorf("rootfs %q: neither a directory nor an ext4 image: %w", opts.Rootfs, ErrInvalidArgument)
+			}
+		}
+		opts.Rootfs = rootfs
 	}
-	opts.Rootfs = rootfs
 
 	id := newID()
 	rt.mu.Lock()
@@ -173,7 +186,10 @@ func (rt *Runtime) Create(ctx context.Context, opts BoxOptions, name string) (*B
 		}
 	}
 	// Reserve the name while the disk is made.
-	b := &Box{rt: rt, id: id, name: name, opts: opts, status: StatusConfigured, createdAt: time.Now()}
+	b := &Box{rt: rt, id: id, name: name, opts: opts, status: StatusConfigured, createdAt: time.Now(), base: base}
+	if img != nil {
+		b.applyImageConfig(img.Config)
+	}
 	rt.boxes[id] = b
 	rt.mu.Unlock()
 
@@ -184,7 +200,7 @@ func (rt *Runtime) Create(ctx context.Context, opts BoxOptions, name string) (*B
 		os.RemoveAll(rt.layout.BoxDir(id))
 		return nil, fmt.Errorf("box %s: create: %w", b.label(), err)
 	}
-	rt.log.Info("box created", "box", id, "name", name, "rootfs", rootfs)
+	rt.log.Info("box created", "box", id, "name", name, "image", opts.Image, "rootfs", opts.Rootfs)
 	return b, nil
 }
 
@@ -195,7 +211,9 @@ func (rt *Runtime) makeDisks(ctx context.Context, b *Box) error {
 	}
 	size := int64(b.opts.DiskSizeGB) << 30
 	backing, format := b.opts.Rootfs, "raw"
-	if st, err := os.Stat(b.opts.Rootfs); err == nil && st.IsDir() {
+	if b.base != "" {
+		backing = b.base
+	} else if st, err := os.Stat(b.opts.Rootfs); err == nil && st.IsDir() {
 		backing = rt.layout.BaseDisk(b.id)
 		if err := disk.BaseFromDir(ctx, b.opts.Rootfs, backing, size); err != nil {
 			return err

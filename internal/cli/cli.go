@@ -25,7 +25,8 @@ type exitError struct{ code int }
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 type globals struct {
-	home string
+	home     string
+	insecure []string
 }
 
 // Main runs the CLI with args (without the program name) and returns the
@@ -39,7 +40,8 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&g.home, "home", "", "runtime home directory (default $BOXLITE_HOME or ~/.boxlite)")
-	root.AddCommand(newRunCmd(g))
+	root.PersistentFlags().StringArrayVar(&g.insecure, "insecure-registry", nil, "registry host[:port] reached over plain HTTP (repeatable); tried first for unqualified names")
+	root.AddCommand(newRunCmd(g), newPullCmd(g), newImagesCmd(g), newRmiCmd(g))
 	root.SetArgs(args)
 	root.SetIn(stdin)
 	root.SetOut(stdout)
@@ -57,7 +59,14 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 }
 
 func (g *globals) runtime() (*boxlite.Runtime, error) {
-	return boxlite.NewRuntime(boxlite.Options{HomeDir: g.home})
+	opts := boxlite.Options{HomeDir: g.home}
+	for _, h := range g.insecure {
+		opts.ImageRegistries = append(opts.ImageRegistries, boxlite.Registry{Host: h, Insecure: true})
+	}
+	if len(opts.ImageRegistries) > 0 {
+		opts.ImageRegistries = append(opts.ImageRegistries, boxlite.Registry{Host: "docker.io"})
+	}
+	return boxlite.NewRuntime(opts)
 }
 
 func stdinIsTerminal(r io.Reader) (*os.File, bool) {

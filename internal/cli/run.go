@@ -31,11 +31,12 @@ type runFlags struct {
 func newRunCmd(g *globals) *cobra.Command {
 	f := &runFlags{}
 	cmd := &cobra.Command{
-		Use:   "run [flags] (--rootfs DIR | IMAGE) [--] COMMAND [ARG...]",
+		Use:   "run [flags] (--rootfs DIR | IMAGE) [--] [COMMAND [ARG...]]",
 		Short: "Run a command in a new box",
-		Long: "Run boots a new box from a root filesystem (a directory or an ext4 image),\n" +
-			"runs COMMAND in it, prints its output, removes the box, and exits with\n" +
-			"the command's exit code (125 when the runtime fails).",
+		Long: "Run boots a new box from an OCI image or a root filesystem (a directory or an\n" +
+			"ext4 image), runs COMMAND in it (for an image: its entrypoint with COMMAND as\n" +
+			"arguments, or its default command), prints its output, removes the box, and\n" +
+			"exits with the command's exit code (125 when the runtime fails).",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return f.run(cmd, g, args)
 		},
@@ -65,8 +66,7 @@ func (f *runFlags) run(cmd *cobra.Command, g *globals, args []string) error {
 			return fmt.Errorf("give an IMAGE or --rootfs DIR, then a command: %w", boxlite.ErrInvalidArgument)
 		}
 		opts.Image, args = args[0], args[1:]
-	}
-	if len(args) == 0 {
+	} else if len(args) == 0 {
 		return fmt.Errorf("no command given: %w", boxlite.ErrInvalidArgument)
 	}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
@@ -90,15 +90,11 @@ func (f *runFlags) run(cmd *cobra.Command, g *globals, args []string) error {
 		return err
 	}
 
-	c := boxlite.Command{
-		Name:       args[0],
-		Args:       args[1:],
-		Env:        f.env,
-		WorkingDir: f.workdir,
-		User:       f.user,
-		TTY:        f.tty,
-		Timeout:    f.timeout,
+	c, err := box.Command(args...)
+	if err != nil {
+		return err
 	}
+	c.Env, c.WorkingDir, c.User, c.TTY, c.Timeout = f.env, f.workdir, f.user, f.tty, f.timeout
 	in := cmd.InOrStdin()
 	if f.interactive {
 		c.Stdin = in

@@ -72,7 +72,8 @@ func IsExt4(path string) (bool, error) {
 
 // BaseFromDir writes a sparse ext4 image of sizeBytes at out holding the
 // tree at dir, owners and modes kept as they are on the host. out appears
-// only when complete.
+// only when complete (written under a temporary name, then renamed), so
+// concurrent builders of the same out are safe.
 func BaseFromDir(ctx context.Context, dir, out string, sizeBytes int64) error {
 	st, err := os.Stat(dir)
 	if err != nil {
@@ -88,12 +89,13 @@ func BaseFromDir(ctx context.Context, dir, out string, sizeBytes int64) error {
 	if min := used*2 + 64<<20; sizeBytes < min {
 		sizeBytes = min
 	}
-	tmp := out + ".tmp"
-	_ = os.Remove(tmp)
-	f, err := os.Create(tmp)
+	// A unique temporary name: concurrent builders of one base (other
+	// processes included) never write the same file.
+	f, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".tmp-")
 	if err != nil {
 		return err
 	}
+	tmp := f.Name()
 	err = f.Truncate(sizeBytes)
 	if cerr := f.Close(); err == nil {
 		err = cerr

@@ -9,6 +9,7 @@ import (
 
 // Layout names the files under one home directory.
 //
+//	<home>/boxlite.db             SQLite metadata (see DB)
 //	<home>/cache/kernel/          extracted PVH vmlinux files, by content hash
 //	<home>/cache/initramfs/       generated initramfs files, by content hash
 //	<home>/boxes/<id>/            one box: disks and logs
@@ -23,6 +24,9 @@ type Layout struct {
 
 // maxSocketDir keeps "<dir>/agent.sock" under the 107-byte sun_path limit.
 const maxSocketDir = 90
+
+// Database is the SQLite metadata database (see DB).
+func (l Layout) Database() string { return filepath.Join(l.Home, "boxlite.db") }
 
 func (l Layout) KernelCache() string    { return filepath.Join(l.Home, "cache", "kernel") }
 func (l Layout) InitramfsCache() string { return filepath.Join(l.Home, "cache", "initramfs") }

@@ -1,0 +1,150 @@
+package boxlite
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/boxlite-go/boxlite/internal/disk"
+	"github.com/boxlite-go/boxlite/internal/image"
+)
+
+// ImageInfo describes a pulled image.
+type ImageInfo struct {
+	// Ref is the canonical reference, e.g. docker.io/library/alpine:latest.
+	Ref string
+	// Digest is the manifest digest, "sha256:...".
+	Digest   string
+	Platform string
+	// Size is the compressed size of the layers.
+	Size   int64
+	Pulled time.Time
+	// Entrypoint, Cmd, Env, WorkingDir and User come from the image
+	// config and are the defaults of boxes made from it.
+	Entrypoint []string
+	Cmd        []string
+	Env        []string
+	WorkingDir string
+	User       string
+}
+
+// PullProgress reports the download of one layer.
+type PullProgress struct {
+	Ref      string
+	Digest   string
+	Complete int64
+	Total    int64
+	Cached   bool
+}
+
+func imageInfo(img *image.Image) ImageInfo {
+	info := ImageInfo{
+		Ref:        img.Ref,
+		Digest:     img.Digest,
+		Platform:   img.Platform,
+		Pulled:     img.Pulled,
+		Entrypoint: img.Config.Entrypoint,
+		Cmd:        img.Config.Cmd,
+		Env:        img.Config.Env,
+		WorkingDir: img.Config.WorkingDir,
+		User:       img.Config.User,
+	}
+	for _, l := range img.Layers {
+		info.Size += l.Size
+	}
+	return info
+}
+
+func (rt *Runtime) imageStore() (*image.Store, error) {
+	rt.imagesOnce.Do(func() {
+		regs := make([]image.Registry, len(rt.opts.ImageRegistries))
+		for i, r := range rt.opts.ImageRegistries {
+			regs[i] = image.Registry(r)
+		}
+		rt.images, rt.imagesErr = image.Open(rt.layout.ImagesDir(), image.Options{Registries: regs, Logger: rt.log})
+	})
+	return rt.images, rt.imagesErr
+}
+
+// PullImage fetches an image (unless cached) from the configured
+// registries, a local OCI layout ("oci:PATH[:TAG]") or a docker-archive
+// tarball ("docker-archive:PATH"). progress may be nil.
+func (rt *Runtime) PullImage(ctx context.Context, ref string, progress func(PullProgress)) (ImageInfo, error) {
+	img, err := rt.pull(ctx, ref, progress)
+	if err != nil {
+		return ImageInfo{}, err
+	}
+	return imageInfo(img), nil
+}
+
+func (rt *Runtime) pull(ctx context.Context, ref string, progress func(PullProgress)) (*image.Image, error) {
+	st, err := rt.imageStore()
+	if err != nil {
+		return nil, err
+	}
+	var report func(image.Progress)
+	if progress != nil {
+		report = func(p image.Progress) { progress(PullProgress(p)) }
+	}
+	return st.Pull(ctx, ref, report)
+}
+
+// Images lists the pulled images.
+func (rt *Runtime) Images(ctx context.Context) ([]ImageInfo, error) {
+	st, err := rt.imageStore()
+	if err != nil {
+		return nil, err
+	}
+	imgs, err := st.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ImageInfo, len(imgs))
+	for i, img := range imgs {
+		out[i] = imageInfo(img)
+	}
+	return out, nil
+}
+
+// RemoveImage forgets an image and deletes the blobs only it used. Boxes
+// created from it keep working: their root disk is their own overlay on
+// the image's base disk, which is kept.
+func (rt *Runtime) RemoveImage(ctx context.Context, ref string) error {
+	st, err := rt.imageStore()
+	if err != nil {
+		return err
+	}
+	return st.Remove(ctx, ref)
+}
+
+// imageBase pulls ref and returns the image and its read-only ext4 base
+// disk, building the disk on first use (once per image digest).
+func (rt *Runtime) imageBase(ctx context.Context, ref string) (*image.Image, string, error) {
+	img, err := rt.pull(ctx, ref, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	base := rt.layout.ImageBase(img.Digest)
+	if _, err := os.Stat(base); err == nil {
+		return img, base, nil
+	}
+	for _, d := range []string{rt.layout.BasesDir(), rt.layout.TmpDir()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, "", err
+		}
+	}
+	work, err := os.MkdirTemp(rt.layout.TmpDir(), "unpack-")
+	if err != nil {
+		return nil, "", err
+	}
+	defer os.RemoveAll(work)
+	root := work + "/root"
+	if _, err := image.Unpack(ctx, img, root); err != nil {
+		return nil, "", err
+	}
+	if err := disk.BaseFromDir(ctx, root, base, int64(DefaultDiskSizeGB)<<30); err != nil {
+		return nil, "", fmt.Errorf("image %q: %w", img.Ref, err)
+	}
+	return img, base, nil
+}
