@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/boxlite-go/boxlite/internal/agent/client"
@@ -28,14 +29,17 @@ type Box struct {
 	// Defaults from the image config, under opts.
 	imageEntrypoint, imageCmd []string
 
-	mu        sync.Mutex
-	status    Status
-	startedAt time.Time
-	machine   vmm.Machine
-	agent     *client.Client
-	runDir    string
-	downErr   error // why the VM ended unexpectedly
-	stopping  bool
+	mu         sync.Mutex
+	status     Status
+	startedAt  time.Time
+	stoppedAt  time.Time
+	foreignPID int // VM pid of a box another process runs
+	machine    vmm.Machine
+	agent      *client.Client
+	runDir     string
+	downErr    error // why the VM ended unexpectedly
+	stopping   bool
+	saved      bool // watch has stored the stopped state
 }
 
 func (b *Box) label() string {
@@ -68,6 +72,8 @@ func (b *Box) Info() BoxInfo {
 	}
 	if b.machine != nil && b.status == StatusRunning {
 		info.PID = b.machine.PID()
+	} else if b.machine == nil && b.status == StatusRunning {
+		info.PID = b.foreignPID
 	}
 	if b.downErr != nil {
 		info.Error = b.downErr.Error()
@@ -82,6 +88,9 @@ func (b *Box) Start(ctx context.Context) error {
 	prev := b.status
 	if prev != StatusConfigured && prev != StatusStopped {
 		b.mu.Unlock()
+		if prev == StatusRunning && b.machine == nil {
+			return fmt.Errorf("box %s: start: box is running in another process (VM pid %d): %w", b.label(), b.foreignPID, ErrInvalidState)
+		}
 		return fmt.Errorf("box %s: start: box is %s: %w", b.label(), prev, ErrInvalidState)
 	}
 	b.status = StatusStarting
@@ -89,10 +98,11 @@ func (b *Box) Start(ctx context.Context) error {
 
 	m, agent, runDir, err := b.boot(ctx)
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if err != nil {
 		b.status = prev
 		b.downErr = err
+		b.mu.Unlock()
+		b.save(ctx)
 		return fmt.Errorf("box %s: start: %w", b.label(), err)
 	}
 	b.status = StatusRunning
@@ -100,6 +110,9 @@ func (b *Box) Start(ctx context.Context) error {
 	b.machine, b.agent, b.runDir = m, agent, runDir
 	b.downErr = nil
 	b.stopping = false
+	b.saved = false
+	b.mu.Unlock()
+	b.save(ctx)
 	go b.watch(m, agent)
 	return nil
 }
@@ -174,8 +187,8 @@ func (b *Box) watch(m vmm.Machine, agent *client.Client) {
 	<-m.Done()
 	agent.Close()
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.machine != m {
+		b.mu.Unlock()
 		return
 	}
 	if !b.stopping {
@@ -187,8 +200,14 @@ func (b *Box) watch(m vmm.Machine, agent *client.Client) {
 		b.rt.log.Warn("box went down", "box", b.id, "err", err)
 	}
 	b.status = StatusStopped
+	b.stoppedAt = time.Now()
 	b.machine, b.agent = nil, nil
 	os.RemoveAll(b.runDir)
+	b.mu.Unlock()
+	b.save(context.Background())
+	b.mu.Lock()
+	b.saved = true
+	b.mu.Unlock()
 }
 
 // running returns the agent and machine of a running box, or an error
@@ -196,6 +215,9 @@ func (b *Box) watch(m vmm.Machine, agent *client.Client) {
 func (b *Box) running() (*client.Client, vmm.Machine, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.status == StatusRunning && b.agent == nil {
+		return nil, nil, fmt.Errorf("box %s is running in another process (VM pid %d); attaching to it is not supported yet: %w", b.label(), b.foreignPID, ErrInvalidState)
+	}
 	if b.status != StatusRunning {
 		if b.downErr != nil {
 			return nil, nil, fmt.Errorf("box %s is %s: %w", b.label(), b.status, b.downErr)
@@ -238,10 +260,11 @@ func (b *Box) Stop(ctx context.Context) error {
 		b.rt.log.Warn("stop", "box", b.id, "err", err)
 	}
 	<-m.Done()
-	// watch() finishes the transition; wait for it so Info is settled.
+	// watch() finishes the transition; wait for it so Info and the store
+	// are settled.
 	for {
 		b.mu.Lock()
-		done := b.machine != m
+		done := b.machine != m && b.saved
 		b.mu.Unlock()
 		if done {
 			return nil
@@ -264,9 +287,13 @@ func (b *Box) remove(ctx context.Context, force bool) error {
 			b.stopping = true
 			b.mu.Unlock()
 			_ = m.Kill()
+		} else if b.foreignPID > 0 && qemuAlive(b.foreignPID, b.id) {
+			// Run by another process: its VM goes; that process sees
+			// the box go down.
+			_ = syscall.Kill(b.foreignPID, syscall.SIGKILL)
 		}
 	}
-	return os.RemoveAll(b.rt.layout.BoxDir(b.id))
+	return nil
 }
 
 // guestAssets returns the PVH kernel and initramfs, preparing and caching

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -28,8 +27,10 @@ type Runtime struct {
 	layout store.Layout
 	log    *slog.Logger
 
+	db *store.DB
+
 	mu     sync.Mutex
-	boxes  map[string]*Box // by id
+	boxes  map[string]*Box // by id: the boxes this process has touched
 	closed bool
 
 	assetsMu        sync.Mutex
@@ -72,12 +73,24 @@ func NewRuntime(opts Options) (*Runtime, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Runtime{
+	layout := store.Layout{Home: abs}
+	ctx := context.Background()
+	db, err := store.Open(ctx, layout)
+	if err != nil {
+		return nil, err
+	}
+	rt := &Runtime{
 		opts:   opts,
-		layout: store.Layout{Home: abs},
+		layout: layout,
 		log:    log,
+		db:     db,
 		boxes:  map[string]*Box{},
-	}, nil
+	}
+	if err := rt.recover(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("home dir %q: recover: %w", abs, err)
+	}
+	return rt, nil
 }
 
 // HomeDir is the runtime's resolved home directory.
@@ -185,7 +198,14 @@ func (rt *Runtime) Create(ctx context.Context, opts BoxOptions, name string) (*B
 			return nil, fmt.Errorf("box name %q: %w", name, ErrAlreadyExists)
 		}
 	}
-	// Reserve the name while the disk is made.
+	if name != "" {
+		if rec, err := rt.db.GetBox(ctx, name); err == nil && rec.Name == name {
+			rt.mu.Unlock()
+			return nil, fmt.Errorf("box name %q: %w", name, ErrAlreadyExists)
+		}
+	}
+	// Reserve the name in this process while the disk is made; the
+	// store's unique index settles races with other processes.
 	b := &Box{rt: rt, id: id, name: name, opts: opts, status: StatusConfigured, createdAt: time.Now(), base: base}
 	if img != nil {
 		b.applyImageConfig(img.Config)
@@ -193,7 +213,14 @@ func (rt *Runtime) Create(ctx context.Context, opts BoxOptions, name string) (*B
 	rt.boxes[id] = b
 	rt.mu.Unlock()
 
-	if err := rt.makeDisks(ctx, b); err != nil {
+	err := rt.makeDisks(ctx, b)
+	if err == nil {
+		var rec store.Box
+		if rec, err = b.record(); err == nil {
+			err = rt.db.CreateBox(context.WithoutCancel(ctx), rec)
+		}
+	}
+	if err != nil {
 		rt.mu.Lock()
 		delete(rt.boxes, id)
 		rt.mu.Unlock()
@@ -227,44 +254,66 @@ func (rt *Runtime) makeDisks(ctx context.Context, b *Box) error {
 	return disk.Overlay(ctx, backing, format, rt.layout.Overlay(b.id), size)
 }
 
-// Get finds a box by id, name, or unique id prefix.
+// Get finds a box by id, name, or unique id prefix, among all boxes of
+// the home dir (those other processes created too).
 func (rt *Runtime) Get(ctx context.Context, idOrName string) (*Box, error) {
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
-	if b, ok := rt.boxes[idOrName]; ok {
-		return b, nil
+	if rt.isClosed() {
+		return nil, fmt.Errorf("runtime is shut down: %w", ErrInvalidState)
 	}
-	var match []*Box
-	for _, b := range rt.boxes {
-		if b.name != "" && b.name == idOrName {
-			return b, nil
-		}
-		if idOrName != "" && strings.HasPrefix(b.id, idOrName) {
-			match = append(match, b)
-		}
+	if idOrName == "" {
+		return nil, fmt.Errorf("box: empty id or name: %w", ErrInvalidArgument)
 	}
-	switch len(match) {
-	case 1:
-		return match[0], nil
-	case 0:
-		return nil, fmt.Errorf("box %q: %w", idOrName, ErrNotFound)
+	rec, err := rt.db.GetBox(ctx, idOrName)
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("box %q: prefix matches %d boxes: %w", idOrName, len(match), ErrInvalidArgument)
+	return rt.boxFor(rec)
 }
 
-// List returns every box, oldest first.
-func (rt *Runtime) List(ctx context.Context) ([]BoxInfo, error) {
+func (rt *Runtime) isClosed() bool {
 	rt.mu.Lock()
-	boxes := make([]*Box, 0, len(rt.boxes))
-	for _, b := range rt.boxes {
-		boxes = append(boxes, b)
+	defer rt.mu.Unlock()
+	return rt.closed
+}
+
+// boxFor returns this process's Box for a row, refreshing the state of a
+// box it does not run.
+func (rt *Runtime) boxFor(rec store.Box) (*Box, error) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if b, ok := rt.boxes[rec.ID]; ok {
+		b.mu.Lock()
+		if b.machine == nil && b.status != StatusStarting && b.status != StatusStopping {
+			b.loadState(rec)
+		}
+		b.mu.Unlock()
+		return b, nil
 	}
-	rt.mu.Unlock()
-	infos := make([]BoxInfo, len(boxes))
-	for i, b := range boxes {
-		infos[i] = b.Info()
+	b, err := rt.boxFromRecord(rec)
+	if err != nil {
+		return nil, err
 	}
-	sort.Slice(infos, func(i, j int) bool { return infos[i].CreatedAt.Before(infos[j].CreatedAt) })
+	rt.boxes[rec.ID] = b
+	return b, nil
+}
+
+// List returns every box of the home dir, oldest first.
+func (rt *Runtime) List(ctx context.Context) ([]BoxInfo, error) {
+	if rt.isClosed() {
+		return nil, fmt.Errorf("runtime is shut down: %w", ErrInvalidState)
+	}
+	recs, err := rt.db.ListBoxes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	infos := make([]BoxInfo, 0, len(recs))
+	for _, rec := range recs {
+		b, err := rt.boxFor(rec)
+		if err != nil {
+			return nil, err
+		}
+		infos = append(infos, b.Info())
+	}
 	return infos, nil
 }
 
@@ -278,16 +327,24 @@ func (rt *Runtime) Remove(ctx context.Context, idOrName string, force bool) erro
 	if err := b.remove(ctx, force); err != nil {
 		return err
 	}
+	if err := rt.db.DeleteBox(context.WithoutCancel(ctx), b.id); err != nil {
+		return err
+	}
 	rt.mu.Lock()
 	delete(rt.boxes, b.id)
 	rt.mu.Unlock()
-	return nil
+	return os.RemoveAll(rt.layout.BoxDir(b.id))
 }
 
 // Shutdown stops every box this runtime runs, gracefully until ctx's
-// deadline and by force after it. The runtime accepts no new boxes after.
+// deadline and by force after it, and closes the home dir's metadata
+// store. The runtime is unusable after.
 func (rt *Runtime) Shutdown(ctx context.Context) error {
 	rt.mu.Lock()
+	if rt.closed {
+		rt.mu.Unlock()
+		return nil
+	}
 	rt.closed = true
 	boxes := make([]*Box, 0, len(rt.boxes))
 	for _, b := range rt.boxes {
@@ -309,6 +366,7 @@ func (rt *Runtime) Shutdown(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
+	errs = append(errs, rt.db.Close())
 	return errors.Join(errs...)
 }
 

@@ -30,6 +30,11 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if home := os.Getenv(victimEnv); home != "" {
+		agentPath, rootfsPath = os.Getenv("BOXLITE_AGENT"), os.Getenv("BOXLITE_TEST_ROOTFS")
+		runVictim(home)
+		return
+	}
 	code := func() int {
 		tmp, err := os.MkdirTemp("", "boxlite-e2e-")
 		if err != nil {

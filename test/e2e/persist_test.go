@@ -1,0 +1,157 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/boxlite-go/boxlite"
+)
+
+// TestPersistAcrossRuntimes: a box made by one Runtime is found, started
+// and has its files in a later Runtime on the same home dir.
+func TestPersistAcrossRuntimes(t *testing.T) {
+	requireVM(t)
+	home := t.TempDir()
+	ctx := context.Background()
+	rt1, err := boxlite.NewRuntime(boxlite.Options{HomeDir: home, AgentPath: agentPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	box, err := rt1.Create(ctx, boxlite.BoxOptions{Rootfs: rootfsPath, CPUs: 2, Labels: map[string]string{"k": "v"}}, "keep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := box.ID()
+	if err := box.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	run(t, box, sh("echo persisted > /root/file"))
+	if err := rt1.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	rt2 := newRuntime(t, boxlite.Options{HomeDir: home})
+	infos, err := rt2.List(ctx)
+	if err != nil || len(infos) != 1 || infos[0].ID != id || infos[0].Name != "keep" || infos[0].Status != boxlite.StatusStopped || infos[0].CPUs != 2 {
+		t.Fatalf("list in a new runtime: %+v %v", infos, err)
+	}
+	again, err := rt2.Get(ctx, "keep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := again.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := run(t, again, boxlite.Command{Name: "cat", Args: []string{"/root/file"}}); r.stdout != "persisted\n" {
+		t.Fatalf("file after restart in a new runtime: %q", r.stdout)
+	}
+	if err := rt2.Remove(ctx, "keep", false); !errors.Is(err, boxlite.ErrInvalidState) {
+		t.Fatalf("remove running without force: %v", err)
+	}
+	if err := rt2.Remove(ctx, "keep", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt2.Get(ctx, id); !errors.Is(err, boxlite.ErrNotFound) {
+		t.Fatalf("get after remove: %v", err)
+	}
+	if _, err := os.Stat(home + "/boxes/" + id); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("box dir left after remove")
+	}
+}
+
+// victimEnv makes the test binary act as a host program that starts a
+// box and then hangs until killed.
+const victimEnv = "BOXLITE_E2E_VICTIM_HOME"
+
+func runVictim(home string) {
+	ctx := context.Background()
+	fail := func(err error) {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	rt, err := boxlite.NewRuntime(boxlite.Options{HomeDir: home, AgentPath: agentPath})
+	if err != nil {
+		fail(err)
+	}
+	box, err := rt.Create(ctx, boxlite.BoxOptions{Rootfs: rootfsPath}, "victim")
+	if err != nil {
+		fail(err)
+	}
+	if err := box.Start(ctx); err != nil {
+		fail(err)
+	}
+	ex, err := box.Exec(ctx, sh("echo survived > /root/f; sync"))
+	if err != nil {
+		fail(err)
+	}
+	if _, err := ex.Wait(ctx); err != nil {
+		fail(err)
+	}
+	fmt.Printf("ready %d\n", box.Info().PID)
+	time.Sleep(time.Hour)
+}
+
+// TestRecoveryAfterHostKilled: kill -9 of the program that runs a box
+// takes its VM along; a new Runtime finds the box stopped, with the
+// reason, and starts it with its files.
+func TestRecoveryAfterHostKilled(t *testing.T) {
+	requireVM(t)
+	home := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), victimEnv+"="+home, "BOXLITE_AGENT="+agentPath, "BOXLITE_TEST_ROOTFS="+rootfsPath)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "ready ") {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("victim: %q %v", line, err)
+	}
+	var qemuPID int
+	fmt.Sscanf(line, "ready %d", &qemuPID)
+	cmd.Process.Kill()
+	cmd.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for qemuAliveByPID(qemuPID) {
+		if time.Now().After(deadline) {
+			t.Fatalf("QEMU %d outlived its killed owner", qemuPID)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	rt := newRuntime(t, boxlite.Options{HomeDir: home})
+	box, err := rt.Get(context.Background(), "victim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := box.Info()
+	if info.Status != boxlite.StatusStopped || !strings.Contains(info.Error, "exited") {
+		t.Fatalf("recovered box: %+v", info)
+	}
+	if err := box.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if r := run(t, box, boxlite.Command{Name: "cat", Args: []string{"/root/f"}}); r.stdout != "survived\n" {
+		t.Fatalf("file after recovery: %q", r.stdout)
+	}
+}
+
+// qemuAliveByPID: the process exists and is not a zombie.
+func qemuAliveByPID(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return err == nil && len(b) > 0
+}
