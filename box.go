@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -14,9 +15,19 @@ import (
 	"github.com/boxlite-go/boxlite/internal/image"
 	"github.com/boxlite-go/boxlite/internal/initramfs"
 	"github.com/boxlite-go/boxlite/internal/kernel"
+	"github.com/boxlite-go/boxlite/internal/supervisor"
 	"github.com/boxlite-go/boxlite/internal/vmm"
-	"github.com/boxlite-go/boxlite/internal/vmm/qemu"
 )
+
+// machine is what a Box needs of its running VM: a supervisor handle.
+type machine interface {
+	DialAgent(ctx context.Context) (net.Conn, error)
+	PID() int
+	Done() <-chan struct{}
+	Err() error
+	Stop(ctx context.Context) error
+	Kill() error
+}
 
 // Box is one micro-VM and its disk. Its methods are safe for concurrent
 // use.
@@ -34,7 +45,7 @@ type Box struct {
 	startedAt  time.Time
 	stoppedAt  time.Time
 	foreignPID int // VM pid of a box another process runs
-	machine    vmm.Machine
+	machine    machine
 	agent      *client.Client
 	runDir     string
 	downErr    error // why the VM ended unexpectedly
@@ -117,7 +128,7 @@ func (b *Box) Start(ctx context.Context) error {
 	return nil
 }
 
-func (b *Box) boot(ctx context.Context) (vmm.Machine, *client.Client, string, error) {
+func (b *Box) boot(ctx context.Context) (machine, *client.Client, string, error) {
 	rt := b.rt
 	vmlinux, initrd, err := rt.guestAssets(ctx)
 	if err != nil {
@@ -131,59 +142,43 @@ func (b *Box) boot(ctx context.Context) (vmm.Machine, *client.Client, string, er
 	if hostname == "" {
 		hostname = b.id
 	}
-	m, err := qemu.New(vmm.Config{
-		Name:       "boxlite-" + b.id,
-		Dir:        runDir,
-		Kernel:     vmlinux,
-		Initrd:     initrd,
-		Cmdline:    "boxlite.hostname=" + hostname,
-		CPUs:       b.opts.CPUs,
-		MemoryMiB:  b.opts.MemoryMiB,
-		Disks:      []vmm.Disk{{Path: rt.layout.Overlay(b.id), Format: "qcow2"}},
-		ConsoleLog: rt.layout.ConsoleLog(b.id),
-		Accel:      rt.opts.Accel,
-		Logger:     rt.log.With("box", b.id),
-	})
+	cfg := supervisor.Config{
+		Machine: vmm.Config{
+			Name:       "boxlite-" + b.id,
+			Dir:        runDir,
+			Kernel:     vmlinux,
+			Initrd:     initrd,
+			Cmdline:    "boxlite.hostname=" + hostname,
+			CPUs:       b.opts.CPUs,
+			MemoryMiB:  b.opts.MemoryMiB,
+			Disks:      []vmm.Disk{{Path: rt.layout.Overlay(b.id), Format: "qcow2"}},
+			ConsoleLog: rt.layout.ConsoleLog(b.id),
+			Accel:      rt.opts.Accel,
+		},
+		BootTimeout: DefaultBootTimeout,
+		Home:        rt.opts.HomeDir,
+		BoxID:       b.id,
+	}
+	if d, ok := ctx.Deadline(); ok && time.Until(d) < cfg.BootTimeout {
+		cfg.BootTimeout = time.Until(d)
+	}
+	h, err := supervisor.Start(ctx, cfg, b.opts.Detach)
 	if err != nil {
 		os.RemoveAll(runDir)
 		return nil, nil, "", err
 	}
-	bootCtx, cancel := context.WithTimeout(ctx, DefaultBootTimeout)
-	defer cancel()
-	if err := m.Start(bootCtx); err != nil {
-		os.RemoveAll(runDir)
-		return nil, nil, "", err
-	}
-	// Stop waiting for the agent as soon as the VM dies.
-	go func() {
-		select {
-		case <-m.Done():
-			cancel()
-		case <-bootCtx.Done():
-		}
-	}()
-	agent, err := client.Dial(bootCtx, m.DialAgent)
+	agent, err := client.Dial(ctx, h.DialAgent)
 	if err != nil {
-		_ = m.Kill()
+		_ = h.Kill()
 		os.RemoveAll(runDir)
-		select {
-		case <-m.Done():
-			if merr := m.Err(); merr != nil {
-				return nil, nil, "", fmt.Errorf("guest did not come up: %w", merr)
-			}
-		default:
-		}
-		if ctx.Err() == nil && bootCtx.Err() != nil {
-			err = fmt.Errorf("guest agent did not answer within %s (see %s): %w", DefaultBootTimeout, rt.layout.ConsoleLog(b.id), err)
-		}
-		return nil, nil, "", err
+		return nil, nil, "", fmt.Errorf("box supervisor: %w", err)
 	}
-	return m, agent, runDir, nil
+	return h, agent, runDir, nil
 }
 
 // watch marks the box stopped when its VM ends, keeping the reason when the
 // end was not requested.
-func (b *Box) watch(m vmm.Machine, agent *client.Client) {
+func (b *Box) watch(m machine, agent *client.Client) {
 	<-m.Done()
 	agent.Close()
 	b.mu.Lock()
@@ -212,11 +207,13 @@ func (b *Box) watch(m vmm.Machine, agent *client.Client) {
 
 // running returns the agent and machine of a running box, or an error
 // saying why there are none.
-func (b *Box) running() (*client.Client, vmm.Machine, error) {
+func (b *Box) running() (*client.Client, machine, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.status == StatusRunning && b.agent == nil {
-		return nil, nil, fmt.Errorf("box %s is running in another process (VM pid %d); attaching to it is not supported yet: %w", b.label(), b.foreignPID, ErrInvalidState)
+		if err := b.attach(); err != nil {
+			return nil, nil, fmt.Errorf("box %s: attach: %w", b.label(), err)
+		}
 	}
 	if b.status != StatusRunning {
 		if b.downErr != nil {
@@ -232,6 +229,12 @@ func (b *Box) running() (*client.Client, vmm.Machine, error) {
 // the box are kept.
 func (b *Box) Stop(ctx context.Context) error {
 	b.mu.Lock()
+	if b.status == StatusRunning && b.agent == nil {
+		if err := b.attach(); err != nil {
+			b.mu.Unlock()
+			return fmt.Errorf("box %s: stop: %w", b.label(), err)
+		}
+	}
 	if b.status != StatusRunning {
 		st := b.status
 		b.mu.Unlock()
@@ -380,4 +383,28 @@ func (b *Box) Command(args ...string) (Command, error) {
 		return Command{}, fmt.Errorf("box %s: no command given and no entrypoint or cmd configured: %w", b.label(), ErrInvalidArgument)
 	}
 	return Command{Name: argv[0], Args: argv[1:]}, nil
+}
+
+// attach connects to the supervisor of a box another process started;
+// b.mu is held.
+func (b *Box) attach() error {
+	runDir, err := b.rt.layout.RunDir(b.id)
+	if err != nil {
+		return err
+	}
+	h, err := supervisor.Attach(runDir, b.foreignPID)
+	if err != nil {
+		b.status, b.downErr = StatusStopped, err
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	agent, err := client.Dial(ctx, h.DialAgent)
+	if err != nil {
+		return err
+	}
+	b.machine, b.agent, b.runDir = h, agent, runDir
+	b.saved = false
+	go b.watch(h, agent)
+	return nil
 }

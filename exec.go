@@ -11,14 +11,13 @@ import (
 
 	"github.com/boxlite-go/boxlite/internal/agent/client"
 	"github.com/boxlite-go/boxlite/internal/agent/proto"
-	"github.com/boxlite-go/boxlite/internal/vmm"
 )
 
 // Execution is a command running in a box. Its output is buffered as it
 // arrives, so Wait returns even when Stdout and Stderr are never read.
 type Execution struct {
 	box     *Box
-	machine vmm.Machine
+	machine machine
 	proc    *client.Process
 }
 
@@ -72,7 +71,7 @@ func (b *Box) Exec(ctx context.Context, cmd Command) (*Execution, error) {
 
 // explain replaces a broken-connection error by the reason the VM ended,
 // when it did.
-func (b *Box) explain(m vmm.Machine, err error) error {
+func (b *Box) explain(m machine, err error) error {
 	if !errors.Is(err, ErrBoxDown) {
 		return err
 	}

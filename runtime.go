@@ -336,9 +336,10 @@ func (rt *Runtime) Remove(ctx context.Context, idOrName string, force bool) erro
 	return os.RemoveAll(rt.layout.BoxDir(b.id))
 }
 
-// Shutdown stops every box this runtime runs, gracefully until ctx's
-// deadline and by force after it, and closes the home dir's metadata
-// store. The runtime is unusable after.
+// Shutdown stops every box this runtime started (except detached ones,
+// which keep running for other processes to reach), gracefully until
+// ctx's deadline and by force after it, and closes the home dir's
+// metadata store. The runtime is unusable after.
 func (rt *Runtime) Shutdown(ctx context.Context) error {
 	rt.mu.Lock()
 	if rt.closed {
@@ -348,7 +349,12 @@ func (rt *Runtime) Shutdown(ctx context.Context) error {
 	rt.closed = true
 	boxes := make([]*Box, 0, len(rt.boxes))
 	for _, b := range rt.boxes {
-		boxes = append(boxes, b)
+		b.mu.Lock()
+		mine := b.machine != nil && !b.opts.Detach
+		b.mu.Unlock()
+		if mine {
+			boxes = append(boxes, b)
+		}
 	}
 	rt.mu.Unlock()
 	var wg sync.WaitGroup

@@ -81,7 +81,8 @@ func runVictim(home string) {
 	if err != nil {
 		fail(err)
 	}
-	box, err := rt.Create(ctx, boxlite.BoxOptions{Rootfs: rootfsPath}, "victim")
+	detach := os.Getenv("BOXLITE_E2E_DETACH") == "1"
+	box, err := rt.Create(ctx, boxlite.BoxOptions{Rootfs: rootfsPath, Detach: detach}, "victim")
 	if err != nil {
 		fail(err)
 	}
@@ -96,17 +97,24 @@ func runVictim(home string) {
 		fail(err)
 	}
 	fmt.Printf("ready %d\n", box.Info().PID)
+	if detach {
+		if err := rt.Shutdown(ctx); err != nil {
+			fail(err)
+		}
+		os.Exit(0)
+	}
 	time.Sleep(time.Hour)
 }
 
-// TestRecoveryAfterHostKilled: kill -9 of the program that runs a box
-// takes its VM along; a new Runtime finds the box stopped, with the
-// reason, and starts it with its files.
-func TestRecoveryAfterHostKilled(t *testing.T) {
-	requireVM(t)
-	home := t.TempDir()
+// startVictim runs the victim in a child process and returns it with the
+// QEMU pid it reported.
+func startVictim(t *testing.T, home string, detach bool) (*exec.Cmd, int) {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), victimEnv+"="+home, "BOXLITE_AGENT="+agentPath, "BOXLITE_TEST_ROOTFS="+rootfsPath)
+	if detach {
+		cmd.Env = append(cmd.Env, "BOXLITE_E2E_DETACH=1")
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -123,6 +131,64 @@ func TestRecoveryAfterHostKilled(t *testing.T) {
 	}
 	var qemuPID int
 	fmt.Sscanf(line, "ready %d", &qemuPID)
+	return cmd, qemuPID
+}
+
+// TestDetachAndReattach: a detached box outlives the program that started
+// it; another runtime runs commands in it and stops it.
+func TestDetachAndReattach(t *testing.T) {
+	requireVM(t)
+	home := t.TempDir()
+	cmd, qemuPID := startVictim(t, home, true)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("victim exit: %v", err)
+	}
+	if !qemuAliveByPID(qemuPID) {
+		t.Fatal("detached box died with the program that started it")
+	}
+	rt := newRuntime(t, boxlite.Options{HomeDir: home})
+	ctx := context.Background()
+	box, err := rt.Get(ctx, "victim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info := box.Info(); info.Status != boxlite.StatusRunning || info.PID != qemuPID {
+		t.Fatalf("detached box seen from another process: %+v", info)
+	}
+	if r := run(t, box, boxlite.Command{Name: "cat", Args: []string{"/root/f"}}); r.stdout != "survived\n" {
+		t.Fatalf("exec in the re-attached box: %q", r.stdout)
+	}
+	if err := box.Start(ctx); !errors.Is(err, boxlite.ErrInvalidState) {
+		t.Fatalf("start of a running box: %v", err)
+	}
+	if err := box.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if info := box.Info(); info.Status != boxlite.StatusStopped || info.Error != "" {
+		t.Fatalf("after stop: %+v", info)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for qemuAliveByPID(qemuPID) {
+		if time.Now().After(deadline) {
+			t.Fatal("QEMU survived the stop")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// A third runtime agrees.
+	rt3 := newRuntime(t, boxlite.Options{HomeDir: home})
+	b3, err := rt3.Get(ctx, "victim")
+	if err != nil || b3.Info().Status != boxlite.StatusStopped {
+		t.Fatalf("third runtime: %v %+v", err, b3.Info())
+	}
+}
+
+// TestRecoveryAfterHostKilled: kill -9 of the program that runs a box
+// takes its VM along; a new Runtime finds the box stopped, with the
+// reason, and starts it with its files.
+func TestRecoveryAfterHostKilled(t *testing.T) {
+	requireVM(t)
+	home := t.TempDir()
+	cmd, qemuPID := startVictim(t, home, false)
 	cmd.Process.Kill()
 	cmd.Wait()
 	deadline := time.Now().Add(10 * time.Second)

@@ -74,6 +74,9 @@ func (c *Client) AgentVersion() string { return c.hello.GetAgentVersion() }
 // KernelRelease is the guest kernel release reported in Hello.
 func (c *Client) KernelRelease() string { return c.hello.GetKernelRelease() }
 
+// API is the raw gRPC client, for proxies.
+func (c *Client) API() proto.AgentClient { return c.api }
+
 // Close drops the connection; running processes in the guest are killed by
 // the agent when their streams break.
 func (c *Client) Close() error { return c.conn.Close() }

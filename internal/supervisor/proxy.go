@@ -1,0 +1,62 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"google.golang.org/grpc"
+
+	pb "github.com/boxlite-go/boxlite/internal/agent/proto"
+)
+
+// proxy serves the Agent service by forwarding every call to the guest.
+type proxy struct {
+	pb.UnimplementedAgentServer
+	up pb.AgentClient
+}
+
+func (p *proxy) Hello(ctx context.Context, r *pb.HelloRequest) (*pb.HelloResponse, error) {
+	return p.up.Hello(ctx, r)
+}
+
+func (p *proxy) Sync(ctx context.Context, r *pb.SyncRequest) (*pb.SyncResponse, error) {
+	return p.up.Sync(ctx, r)
+}
+
+func (p *proxy) Shutdown(ctx context.Context, r *pb.ShutdownRequest) (*pb.ShutdownResponse, error) {
+	return p.up.Shutdown(ctx, r)
+}
+
+// Exec pumps the client's messages up and the guest's answers down; the
+// upstream stream lives as long as the client's.
+func (p *proxy) Exec(down grpc.BidiStreamingServer[pb.ExecInput, pb.ExecOutput]) error {
+	up, err := p.up.Exec(down.Context())
+	if err != nil {
+		return err
+	}
+	go func() {
+		for {
+			in, err := down.Recv()
+			if err != nil {
+				up.CloseSend()
+				return
+			}
+			if up.Send(in) != nil {
+				return
+			}
+		}
+	}()
+	for {
+		out, err := up.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := down.Send(out); err != nil {
+			return err
+		}
+	}
+}
