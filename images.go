@@ -1,8 +1,10 @@
 package boxlite
 
 import (
+	"archive/tar"
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
 	"time"
 
@@ -140,11 +142,52 @@ func (rt *Runtime) imageBase(ctx context.Context, ref string) (*image.Image, str
 	}
 	defer os.RemoveAll(work)
 	root := work + "/root"
-	if _, err := image.Unpack(ctx, img, root); err != nil {
+	entries, err := image.Unpack(ctx, img, root)
+	if err != nil {
 		return nil, "", err
 	}
-	if err := disk.BaseFromDir(ctx, root, base, int64(DefaultDiskSizeGB)<<30); err != nil {
+	// The tree on disk has the image's owners only when unpacked as root;
+	// the base gets them (and the device nodes) from entries either way.
+	if err := disk.BaseFromTree(ctx, root, base, int64(DefaultDiskSizeGB)<<30, owners(root, entries)); err != nil {
 		return nil, "", fmt.Errorf("image %q: %w", img.Ref, err)
 	}
 	return img, base, nil
+}
+
+// owners converts the entries unpacked into root to the metadata the
+// base disk must have: the root directory belongs to root, with the
+// permissions the unpack gave it. Hard links share their source's inode,
+// whose entry covers them.
+func owners(root string, entries []image.Entry) []disk.Owner {
+	out := make([]disk.Owner, 0, len(entries)+1)
+	if fi, err := os.Stat(root); err == nil {
+		out = append(out, disk.Owner{Path: "", Mode: fs.ModeDir | fi.Mode().Perm()})
+	}
+	for _, e := range entries {
+		var typ fs.FileMode
+		switch e.Type {
+		case tar.TypeReg:
+		case tar.TypeDir:
+			typ = fs.ModeDir
+		case tar.TypeSymlink:
+			typ = fs.ModeSymlink
+		case tar.TypeChar:
+			typ = fs.ModeDevice | fs.ModeCharDevice
+		case tar.TypeBlock:
+			typ = fs.ModeDevice
+		case tar.TypeFifo:
+			typ = fs.ModeNamedPipe
+		default:
+			continue
+		}
+		out = append(out, disk.Owner{
+			Path:  e.Path,
+			Mode:  typ | e.Mode&(fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky),
+			UID:   e.UID,
+			GID:   e.GID,
+			Major: uint32(e.Devmajor),
+			Minor: uint32(e.Devminor),
+		})
+	}
+	return out
 }

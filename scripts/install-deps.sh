@@ -10,6 +10,9 @@ pkgs=(
   e2fsprogs            # mkfs.ext4 -d: root disks from directories
   busybox-static       # the default offline image
   kmod                 # modinfo at build time of the initramfs (tests)
+  docker-registry      # a real local registry for the e2e image tests
+  debootstrap          # the Debian test image (scripts/build-test-images.sh)
+  util-linux           # setpriv: e2e tests run the runtime unprivileged
 )
 
 missing=()

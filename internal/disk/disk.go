@@ -19,6 +19,7 @@ import (
 // package that provides them.
 var tools = map[string]string{
 	"mkfs.ext4": "e2fsprogs",
+	"debugfs":   "e2fsprogs",
 	"qemu-img":  "qemu-utils",
 }
 
@@ -75,6 +76,10 @@ func IsExt4(path string) (bool, error) {
 // only when complete (written under a temporary name, then renamed), so
 // concurrent builders of the same out are safe.
 func BaseFromDir(ctx context.Context, dir, out string, sizeBytes int64) error {
+	return baseFromDir(ctx, dir, out, sizeBytes, nil)
+}
+
+func baseFromDir(ctx context.Context, dir, out string, sizeBytes int64, owners []Owner) error {
 	st, err := os.Stat(dir)
 	if err != nil {
 		return fmt.Errorf("rootfs %q: %w", dir, errdefs.ErrNotFound)
@@ -104,6 +109,9 @@ func BaseFromDir(ctx context.Context, dir, out string, sizeBytes int64) error {
 		err = run(ctx, "mkfs.ext4", "-q", "-F", "-L", "boxroot",
 			"-E", "lazy_itable_init=1,lazy_journal_init=1",
 			"-d", dir, tmp)
+	}
+	if err == nil && len(owners) > 0 {
+		err = FixOwners(ctx, tmp, dir, owners)
 	}
 	if err == nil {
 		err = os.Rename(tmp, out)

@@ -87,14 +87,16 @@ func tarLayer(t *testing.T, b []byte) v1.Layer {
 	return l
 }
 
-// ownedLayer adds /data/owned, owned by 1000:1000 with mode 0640, and
-// deletes /etc/issue with a whiteout.
+// ownedLayer adds /data/owned, owned by 1000:1000 with mode 0640, and the
+// character device /data/null (1:3), and deletes /etc/issue with a
+// whiteout.
 func ownedLayer(t *testing.T) v1.Layer {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	tw.WriteHeader(&tar.Header{Name: "data/", Typeflag: tar.TypeDir, Mode: 0o755})
 	tw.WriteHeader(&tar.Header{Name: "data/owned", Typeflag: tar.TypeReg, Mode: 0o640, Uid: 1000, Gid: 1000, Size: 3})
 	tw.Write([]byte("hi\n"))
+	tw.WriteHeader(&tar.Header{Name: "data/null", Typeflag: tar.TypeChar, Mode: 0o666, Devmajor: 1, Devminor: 3})
 	tw.WriteHeader(&tar.Header{Name: "etc/.wh.issue", Typeflag: tar.TypeReg, Mode: 0o644})
 	tw.Close()
 	return tarLayer(t, buf.Bytes())
