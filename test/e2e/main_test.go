@@ -4,7 +4,9 @@
 // Prerequisites: qemu-system-x86_64, qemu-img, mkfs.ext4, a Debian cloud
 // kernel, a static busybox (scripts/install-deps.sh installs them all). The
 // guest agent and the busybox root filesystem are built here unless
-// BOXLITE_AGENT and BOXLITE_TEST_ROOTFS point at them. With CI=true a
+// BOXLITE_AGENT and BOXLITE_TEST_ROOTFS point at them. The registry tests
+// need the OCI layouts scripts/build-test-images.sh writes, named by
+// BOXLITE_TEST_IMAGES (make e2e builds them). With CI=true a
 // missing prerequisite fails the run; elsewhere the tests are skipped with
 // the missing piece named.
 package e2e
