@@ -408,3 +408,7 @@ func (b *Box) attach() error {
 	go b.watch(h, agent)
 	return nil
 }
+
+// ConsoleLogPath is the file holding the guest's serial console output
+// (kernel messages and the agent's log) of the box's latest boot.
+func (b *Box) ConsoleLogPath() string { return b.rt.layout.ConsoleLog(b.id) }
