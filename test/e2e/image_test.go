@@ -164,7 +164,7 @@ func TestImageBox(t *testing.T) {
 	}
 
 	// Box options override the image config.
-	box2, err := rt.Create(ctx, boxlite.BoxOptions{Image: "test/busybox:v1", Env: []string{"IMG_VAR=from-box"}, WorkingDir: "/tmp"}, "")
+	box2, err := rt.Create(ctx, boxlite.BoxOptions{Image: "test/busybox:v1", Env: []string{"IMG_VAR=from-box"}, WorkingDir: "/tmp", DiskSizeGB: 20}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,6 +174,10 @@ func TestImageBox(t *testing.T) {
 	main, _ = box2.Command()
 	if r := run(t, box2, main); r.stdout != "default-cmd from-box /tmp\n" {
 		t.Errorf("box overrides: %q", r.stdout)
+	}
+	// The 10 GiB image base grew to the box's 20 GB disk.
+	if r := run(t, box2, sh("df -k / | tail -1 | awk '{print $2}'")); !strings.HasPrefix(r.stdout, "20") || len(strings.TrimSpace(r.stdout)) != 8 {
+		t.Errorf("root filesystem of a 20 GB box: %q KiB", r.stdout)
 	}
 	if main, _ := box2.Command("echo", "args"); main.Name != "echo" || len(main.Args) != 1 {
 		t.Errorf("command with args: %+v", main)

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -282,6 +283,9 @@ func setupBox(dev, root string, log *slog.Logger) error {
 	if err := (mount{dev, root, "ext4", 0, "noinit_itable"}).do(); err != nil {
 		return err
 	}
+	if err := growFS(dev, root); err != nil {
+		log.Warn("init: grow root filesystem", "err", err)
+	}
 	for _, m := range pseudoMounts(root) {
 		if err := m.do(); err != nil {
 			log.Error("init: box mount", "err", err)
@@ -457,4 +461,39 @@ func octal3(s string) (byte, bool) {
 		n = n*8 + int(c-'0')
 	}
 	return byte(n), n < 256
+}
+
+// ext4ResizeFS is EXT4_IOC_RESIZE_FS, _IOW('f', 16, __u64).
+const ext4ResizeFS = 0x40086610
+
+// growFS grows the ext4 filesystem mounted at root to fill its device dev,
+// online: a box whose disk is larger than its image's base gets the space.
+// The kernel does nothing when the sizes already match.
+func growFS(dev, root string) error {
+	d, err := os.Open(dev)
+	if err != nil {
+		return err
+	}
+	size, err := unix.IoctlGetUint64(int(d.Fd()), unix.BLKGETSIZE64)
+	d.Close()
+	if err != nil {
+		return fmt.Errorf("device size: %w", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(root, &st); err != nil {
+		return err
+	}
+	if st.Bsize <= 0 {
+		return fmt.Errorf("block size %d", st.Bsize)
+	}
+	blocks := size / uint64(st.Bsize)
+	r, err := os.Open(root)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, r.Fd(), ext4ResizeFS, uintptr(unsafe.Pointer(&blocks))); errno != 0 {
+		return fmt.Errorf("resize to %d blocks: %w", blocks, errno)
+	}
+	return nil
 }
