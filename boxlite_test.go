@@ -63,8 +63,11 @@ func TestNewRuntimeErrors(t *testing.T) {
 	}
 	file := filepath.Join(t.TempDir(), "file")
 	os.WriteFile(file, nil, 0o644)
-	if _, err := NewRuntime(Options{HomeDir: file}); err == nil {
-		t.Error("home dir that is a file accepted")
+	if _, err := NewRuntime(Options{HomeDir: file}); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("home dir that is a file: %v", err)
+	}
+	if _, err := NewRuntime(Options{HomeDir: "/proc/boxlite-home"}); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("unwritable home dir: %v", err)
 	}
 }
 

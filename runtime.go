@@ -67,7 +67,13 @@ func NewRuntime(opts Options) (*Runtime, error) {
 		return nil, fmt.Errorf("accel %q: want kvm, tcg or empty: %w", opts.Accel, ErrInvalidArgument)
 	}
 	if err := os.MkdirAll(filepath.Join(abs, "boxes"), 0o700); err != nil {
-		return nil, fmt.Errorf("home dir %q: %w", abs, err)
+		return nil, fmt.Errorf("home dir %q: not writable: %w: %w", abs, err, ErrInvalidArgument)
+	}
+	if f, err := os.CreateTemp(abs, ".write-test-"); err != nil {
+		return nil, fmt.Errorf("home dir %q: not writable: %w: %w", abs, err, ErrInvalidArgument)
+	} else {
+		f.Close()
+		os.Remove(f.Name())
 	}
 	log := opts.Logger
 	if log == nil {
@@ -77,7 +83,7 @@ func NewRuntime(opts Options) (*Runtime, error) {
 	ctx := context.Background()
 	db, err := store.Open(ctx, layout)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", err, ErrInvalidArgument)
 	}
 	rt := &Runtime{
 		opts:   opts,

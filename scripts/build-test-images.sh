@@ -38,7 +38,11 @@ mirror() {
     m=$(awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) { print $i; exit } }' \
       /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true)
   fi
-  echo "${m:-http://deb.debian.org/debian}"
+  if [ -z "$m" ]; then
+    log "no Debian mirror found in apt's sources; set DEBIAN_MIRROR"
+    return 1
+  fi
+  echo "$m"
 }
 
 # pack NAME ROOTFS MKIMAGE-ARGS...: writes OUTDIR/NAME unless an identical
@@ -68,7 +72,7 @@ pack busybox "$bb" \
 deb=$cache/bookworm-python
 if [ ! -f "$deb/.complete" ]; then
   command -v debootstrap >/dev/null || { log "debootstrap missing: apt-get install debootstrap"; exit 1; }
-  m=$(mirror)
+  m=$(mirror) || exit 1
   log "debootstrap bookworm from $m into $deb (cached)"
   # A debootstrap that died may have left proc/sys mounted in its tree.
   awk -v d="$deb.tmp/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r | xargs -r umount -l

@@ -322,3 +322,51 @@ func fileHash(t *testing.T, path string) string {
 	}
 	return fmt.Sprintf("%x", sha256.Sum256(b))
 }
+
+// TestKilledSupervisorIsReported: kill -9 of a box's supervisor takes its
+// VM along and the box reports why.
+func TestKilledSupervisorIsReported(t *testing.T) {
+	rt := newRuntime(t, boxlite.Options{})
+	box := startBox(t, rt, boxlite.BoxOptions{})
+	ctx := context.Background()
+	ex, err := box.Exec(ctx, boxlite.Command{Name: "sleep", Args: []string{"100"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	qemuPID := box.Info().PID
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", qemuPID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	var supervisor int
+	fmt.Sscan(fields[1], &supervisor)
+	if supervisor <= 1 || supervisor == os.Getpid() {
+		t.Fatalf("QEMU's parent %d is not a supervisor", supervisor)
+	}
+	if err := syscall.Kill(supervisor, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if _, err := ex.Wait(wctx); !errors.Is(err, boxlite.ErrBoxDown) {
+		t.Fatalf("wait: %v, want ErrBoxDown", err)
+	}
+	info := waitStatus(t, box, boxlite.StatusStopped)
+	if !strings.Contains(info.Error, "supervisor") {
+		t.Fatalf("reason %q does not name the supervisor", info.Error)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for qemuAliveByPID(qemuPID) {
+		if time.Now().After(deadline) {
+			t.Fatal("QEMU outlived its supervisor")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := box.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := run(t, box, boxlite.Command{Name: "true"}); r.res.ExitCode != 0 {
+		t.Fatal("box does not work after restart")
+	}
+}
