@@ -42,14 +42,15 @@ func main() {
 	execs := flag.Int("execs", 200, "exec round trips")
 	accel := flag.String("accel", "", "kvm, tcg or empty for auto")
 	cpus := flag.Int("cpus", boxlite.DefaultCPUs, "vCPUs of the measured boxes")
+	list := flag.Int("list", 100, "boxes in the home dir for the List benchmark")
 	flag.Parse()
-	if err := run(*agent, *rootfs, *accel, *cpus, *boots, *execs); err != nil {
+	if err := run(*agent, *rootfs, *accel, *cpus, *boots, *execs, *list); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(agent, rootfs, accel string, cpus, boots, execs int) error {
+func run(agent, rootfs, accel string, cpus, boots, execs, list int) error {
 	ctx := context.Background()
 	home, err := os.MkdirTemp("", "boxlite-bench-")
 	if err != nil {
@@ -86,18 +87,25 @@ func run(agent, rootfs, accel string, cpus, boots, execs int) error {
 		return err
 	}
 
-	var rawT, boxT []time.Duration
+	var rawT, boxT, startT []time.Duration
 	for i := range boots {
 		d, err := raw.boot(ctx)
 		if err != nil {
 			return fmt.Errorf("raw boot %d: %w", i, err)
 		}
 		rawT = append(rawT, d)
-		d, err = boxBoot(ctx, box)
-		if err != nil {
+		t0 := time.Now()
+		if err := box.Start(ctx); err != nil {
 			return fmt.Errorf("box boot %d: %w", i, err)
 		}
-		boxT = append(boxT, d)
+		startT = append(startT, time.Since(t0))
+		if err := execTrue(ctx, box); err != nil {
+			return err
+		}
+		boxT = append(boxT, time.Since(t0))
+		if err := box.Stop(ctx); err != nil {
+			return err
+		}
 	}
 
 	if err := box.Start(ctx); err != nil {
@@ -119,12 +127,32 @@ func run(agent, rootfs, accel string, cpus, boots, execs int) error {
 		return err
 	}
 
+	for i := 1; i < list; i++ {
+		if _, err := rt.Create(ctx, boxlite.BoxOptions{Rootfs: rootfs}, fmt.Sprintf("list-%d", i)); err != nil {
+			return err
+		}
+	}
+	var listT []time.Duration
+	for range 10 {
+		t0 := time.Now()
+		infos, err := rt.List(ctx)
+		if err != nil {
+			return err
+		}
+		listT = append(listT, time.Since(t0))
+		if len(infos) != list {
+			return fmt.Errorf("list: %d boxes, want %d", len(infos), list)
+		}
+	}
+
 	rawMed, boxMed := pct(rawT, 50), pct(boxT, 50)
 	fmt.Printf("accelerator: %s, %d vCPU, %s\n\n", raw.accel, cpus, time.Now().Format("2006-01-02"))
 	fmt.Println("| benchmark | n | median | p99 | ratio |")
 	fmt.Println("|---|---|---|---|---|")
 	fmt.Printf("| raw QEMU boot to agent Hello (baseline) | %d | %s | %s | 1.00 |\n", len(rawT), ms(rawMed), ms(pct(rawT, 99)))
 	fmt.Printf("| box boot to first exec (Start + exec true) | %d | %s | %s | %.2f |\n", len(boxT), ms(boxMed), ms(pct(boxT, 99)), float64(boxMed)/float64(rawMed))
+	fmt.Printf("| Box.Start of a stopped box (to agent ready) | %d | %s | %s | %.2f |\n", len(startT), ms(pct(startT, 50)), ms(pct(startT, 99)), float64(pct(startT, 50))/float64(rawMed))
+	fmt.Printf("| Runtime.List over %d boxes | %d | %s | %s | |\n", list, len(listT), ms(pct(listT, 50)), ms(pct(listT, 99)))
 	fmt.Printf("| exec round trip (exec true + wait), p50 | %d | %s | %s | |\n", len(execT), ms(pct(execT, 50)), ms(pct(execT, 99)))
 	fmt.Printf("| agent ping (Hello round trip), p50 | %d | %s | %s | |\n", len(pingT), ms(pct(pingT, 50)), ms(pct(pingT, 99)))
 	return nil
