@@ -17,6 +17,7 @@ import (
 	"github.com/boxlite-go/boxlite/internal/kernel"
 	"github.com/boxlite-go/boxlite/internal/supervisor"
 	"github.com/boxlite-go/boxlite/internal/vmm"
+	"github.com/boxlite-go/boxlite/internal/vmm/qemu"
 )
 
 // machine is what a Box needs of its running VM: a supervisor handle.
@@ -154,6 +155,7 @@ func (b *Box) boot(ctx context.Context) (machine, *client.Client, string, error)
 			Disks:      []vmm.Disk{{Path: rt.layout.Overlay(b.id), Format: "qcow2"}},
 			ConsoleLog: rt.layout.ConsoleLog(b.id),
 			Accel:      rt.opts.Accel,
+			TSCKHz:     rt.tscKHz(),
 		},
 		BootTimeout: DefaultBootTimeout,
 		Home:        rt.opts.HomeDir,
@@ -412,3 +414,21 @@ func (b *Box) attach() error {
 // ConsoleLogPath is the file holding the guest's serial console output
 // (kernel messages and the agent's log) of the box's latest boot.
 func (b *Box) ConsoleLogPath() string { return b.rt.layout.ConsoleLog(b.id) }
+
+// tscKHz measures the host TSC frequency once per process (about 100 ms)
+// and hands it to every supervisor, which would otherwise measure it at
+// each start. 0 when unknown or not needed (KVM).
+func (rt *Runtime) tscKHz() int {
+	accel := rt.opts.Accel
+	if accel == "" {
+		accel = qemu.DetectAccel()
+	}
+	if accel != qemu.AccelTCG {
+		return 0
+	}
+	khz, err := qemu.TSCKHz()
+	if err != nil {
+		return 0
+	}
+	return khz
+}

@@ -11,21 +11,18 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"github.com/boxlite-go/boxlite"
 )
 
 type runFlags struct {
-	rootfs      string
-	env         []string
-	workdir     string
-	user        string
-	cpus        int
-	memory      int
-	interactive bool
-	tty         bool
-	timeout     time.Duration
+	boxFlags
+	stdio
+	remove  bool
+	detach  bool
+	timeout time.Duration
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -35,87 +32,119 @@ func newRunCmd(g *globals) *cobra.Command {
 		Short: "Run a command in a new box",
 		Long: "Run boots a new box from an OCI image or a root filesystem (a directory or an\n" +
 			"ext4 image), runs COMMAND in it (for an image: its entrypoint with COMMAND as\n" +
-			"arguments, or its default command), prints its output, removes the box, and\n" +
-			"exits with the command's exit code (125 when the runtime fails).",
+			"arguments, or its default command), prints its output, stops the box, and\n" +
+			"exits with the command's exit code (125 when the runtime fails). The stopped\n" +
+			"box remains (start, exec, rm it later) unless --rm is given.\n\n" +
+			"With -d the box is created and started detached, its id printed, and boxlite\n" +
+			"exits while the box keeps running; use exec to run commands in it.",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return f.run(cmd, g, args)
 		},
 	}
 	cmd.Flags().SetInterspersed(false)
 	fl := cmd.Flags()
-	fl.StringVar(&f.rootfs, "rootfs", "", "root filesystem: a directory or an ext4 image")
-	fl.StringArrayVarP(&f.env, "env", "e", nil, "set an environment variable (KEY=VALUE)")
-	fl.StringVarP(&f.workdir, "workdir", "w", "", "working directory inside the box")
-	fl.StringVarP(&f.user, "user", "u", "", "user (name|uid[:group|gid])")
-	fl.IntVar(&f.cpus, "cpus", 0, "virtual CPUs (default 1)")
-	fl.IntVarP(&f.memory, "memory", "m", 0, "memory in MiB (default 512)")
-	fl.BoolVarP(&f.interactive, "interactive", "i", false, "keep stdin open and pass it to the command")
-	fl.BoolVarP(&f.tty, "tty", "t", false, "allocate a terminal")
+	f.boxFlags.register(fl)
+	f.stdio.register(fl)
+	fl.BoolVar(&f.remove, "rm", false, "remove the box when the command ends")
+	fl.BoolVarP(&f.detach, "detach", "d", false, "start the box detached and print its id")
 	fl.DurationVar(&f.timeout, "timeout", 0, "kill the command after this long")
 	return cmd
 }
 
 func (f *runFlags) run(cmd *cobra.Command, g *globals, args []string) error {
-	opts := boxlite.BoxOptions{
-		Rootfs:    f.rootfs,
-		CPUs:      f.cpus,
-		MemoryMiB: f.memory,
+	opts, args, err := f.options(args)
+	if err != nil {
+		return err
 	}
-	if f.rootfs == "" {
-		if len(args) == 0 {
-			return fmt.Errorf("give an IMAGE or --rootfs DIR, then a command: %w", boxlite.ErrInvalidArgument)
-		}
-		opts.Image, args = args[0], args[1:]
-	} else if len(args) == 0 {
+	switch {
+	case f.detach && len(args) > 0:
+		return fmt.Errorf("run -d with a COMMAND: detached commands are not supported yet; run -d, then exec: %w", boxlite.ErrInvalidArgument)
+	case f.detach && (f.remove || f.interactive || f.tty):
+		return fmt.Errorf("run -d does not go with --rm, -i or -t: %w", boxlite.ErrInvalidArgument)
+	case !f.detach && opts.Rootfs != "" && len(args) == 0:
 		return fmt.Errorf("no command given: %w", boxlite.ErrInvalidArgument)
 	}
+	// A box that stays is detached, so a later start keeps it running
+	// after that boxlite exits; a --rm box dies with this process.
+	opts.Detach = !f.remove
+	opts.AutoRemove = f.remove
+
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	return g.withRuntime(func(rt *boxlite.Runtime) error {
+		box, err := rt.Create(ctx, opts, f.name)
+		if err != nil {
+			return err
+		}
+		cleanup := func() {
+			if f.remove {
+				_ = rt.Remove(context.Background(), box.ID(), true)
+			}
+		}
+		if err := box.Start(ctx); err != nil {
+			cleanup()
+			return err
+		}
+		if f.detach {
+			fmt.Fprintln(cmd.OutOrStdout(), box.ID())
+			return nil
+		}
+		defer func() {
+			if !f.remove {
+				sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				_ = box.Stop(sctx)
+				cancel()
+			}
+			cleanup()
+		}()
+		c, err := box.Command(args...)
+		if err != nil {
+			return err
+		}
+		c.Timeout = f.timeout
+		return f.stdio.exec(ctx, cmd, box, c)
+	})
+}
 
-	rt, err := g.runtime()
-	if err != nil {
-		return err
-	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = rt.Shutdown(sctx)
-	}()
-	box, err := rt.Create(ctx, opts, "")
-	if err != nil {
-		return err
-	}
-	defer rt.Remove(context.Background(), box.ID(), true)
-	if err := box.Start(ctx); err != nil {
-		return err
-	}
+// stdio are the flags that connect a command to the terminal (run, exec).
+type stdio struct {
+	interactive bool
+	tty         bool
+}
 
-	c, err := box.Command(args...)
-	if err != nil {
-		return err
-	}
-	c.Env, c.WorkingDir, c.User, c.TTY, c.Timeout = f.env, f.workdir, f.user, f.tty, f.timeout
+func (s *stdio) register(fl *pflag.FlagSet) {
+	fl.BoolVarP(&s.interactive, "interactive", "i", false, "keep stdin open and pass it to the command")
+	fl.BoolVarP(&s.tty, "tty", "t", false, "allocate a terminal")
+}
+
+// exec runs c in box attached to cmd's stdin, stdout and stderr. With a
+// tty and a terminal on stdin, the terminal is put in raw mode and its
+// size follows SIGWINCH. A non-zero exit status becomes an exitError.
+func (s *stdio) exec(ctx context.Context, cmd *cobra.Command, box *boxlite.Box, c boxlite.Command) error {
+	c.TTY = s.tty
 	in := cmd.InOrStdin()
-	if f.interactive {
+	if s.interactive {
 		c.Stdin = in
 	}
-	var restore func()
 	termFile, isTerm := stdinIsTerminal(in)
-	if f.tty && isTerm {
+	isTerm = isTerm && s.tty
+	if isTerm {
 		if rows, cols, err := termSize(termFile); err == nil {
 			c.Rows, c.Cols = rows, cols
 		}
 		if state, err := term.MakeRaw(int(termFile.Fd())); err == nil {
-			restore = func() { _ = term.Restore(int(termFile.Fd()), state) }
-			defer restore()
+			defer term.Restore(int(termFile.Fd()), state)
 		}
 	}
 	ex, err := box.Exec(ctx, c)
 	if err != nil {
 		return err
 	}
-	if f.tty && isTerm {
-		go forwardResize(ctx, termFile, ex)
+	defer ex.Close()
+	if isTerm {
+		rctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go forwardResize(rctx, termFile, ex)
 	}
 	done := make(chan struct{}, 2)
 	go func() { io.Copy(cmd.OutOrStdout(), ex.Stdout()); done <- struct{}{} }()
@@ -123,12 +152,9 @@ func (f *runFlags) run(cmd *cobra.Command, g *globals, args []string) error {
 	res, err := ex.Wait(ctx)
 	<-done
 	<-done
-	if restore != nil {
-		restore()
-	}
 	if err != nil {
 		if errors.Is(err, context.Canceled) {
-			return fmt.Errorf("interrupted")
+			return errors.New("interrupted")
 		}
 		return err
 	}

@@ -42,6 +42,9 @@ type Config struct {
 	ConsoleLog string
 	// Accel is "kvm", "tcg" or "" (auto: kvm when /dev/kvm is usable).
 	Accel string
+	// TSCKHz is the host's TSC frequency when the caller knows it
+	// already; 0 lets the backend measure it where it needs it.
+	TSCKHz int
 	// Logger receives the backend's diagnostics; nil discards them.
 	Logger *slog.Logger
 }

@@ -137,8 +137,8 @@ func New(cfg vmm.Config) (*Machine, error) {
 	default:
 		return nil, fmt.Errorf("%s: unknown accelerator %q (want %q or %q): %w", subject, accel, AccelKVM, AccelTCG, errdefs.ErrInvalidArgument)
 	}
-	tsc := 0
-	if accel == AccelTCG && elf {
+	tsc := cfg.TSCKHz
+	if accel == AccelTCG && elf && tsc <= 0 {
 		if tsc, err = TSCKHz(); err != nil {
 			log.Warn("host tsc frequency unknown; falling back to q35", "err", err)
 		}
