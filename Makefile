@@ -46,8 +46,10 @@ e2e: build rootfs
 
 test: deps vet unit e2e
 
-bench: deps build rootfs
+bench: deps build rootfs test-images
 	$(GO) run ./bench -agent $(BIN)/boxlite-agent -rootfs $(ROOTFS)
+	GOBIN=$(BIN) $(GO) install github.com/google/go-containerregistry/cmd/crane@v0.22.1
+	$(GO) run ./bench -images $(TEST_IMAGES) -crane $(BIN)/crane
 
 generate:
 	$(GO) generate ./...

@@ -2,6 +2,7 @@
 // baseline in the same run, and prints a markdown table.
 //
 //	go run ./bench -agent bin/boxlite-agent -rootfs .cache/rootfs/busybox
+//	go run ./bench -images .cache/images -crane bin/crane   # image pipeline
 //
 // Rows:
 //   - raw boot: QEMU started directly with the same argv (kernel,
@@ -43,7 +44,18 @@ func main() {
 	accel := flag.String("accel", "", "kvm, tcg or empty for auto")
 	cpus := flag.Int("cpus", boxlite.DefaultCPUs, "vCPUs of the measured boxes")
 	list := flag.Int("list", 100, "boxes in the home dir for the List benchmark")
+	images := flag.String("images", "", "OCI layouts of scripts/build-test-images.sh: run the image benchmark instead")
+	crane := flag.String("crane", "crane", "crane binary for the image baseline")
 	flag.Parse()
+	if *images != "" {
+		fmt.Println("| benchmark | n | median | p99 | ratio |")
+		fmt.Println("|---|---|---|---|---|")
+		if err := imageBench(context.Background(), *images, *crane, 5); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(*agent, *rootfs, *accel, *cpus, *boots, *execs, *list); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)

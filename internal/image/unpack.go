@@ -2,12 +2,12 @@ package image
 
 import (
 	"archive/tar"
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -18,9 +18,8 @@ import (
 	"time"
 
 	"github.com/boxlite-go/boxlite/internal/errdefs"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/partial"
-	"github.com/google/go-containerregistry/pkg/v1/types"
+	kgzip "github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 )
 
@@ -105,28 +104,90 @@ func makeRemovable(root string) {
 	})
 }
 
-// storedLayer is a layer blob in the store, for partial.CompressedToLayer
-// (which detects gzip, zstd or plain tar).
-type storedLayer struct {
-	path string
-	l    Layer
-	sum  hash.Hash
-}
-
-func (s *storedLayer) Digest() (v1.Hash, error) { return v1.NewHash(s.l.Digest) }
-func (s *storedLayer) Size() (int64, error)     { return s.l.Size, nil }
-func (s *storedLayer) MediaType() (types.MediaType, error) {
-	return types.MediaType(s.l.MediaType), nil
-}
-func (s *storedLayer) Compressed() (io.ReadCloser, error) {
-	f, err := os.Open(s.path)
-	if err != nil {
+// decompress returns the uncompressed tar stream of a layer blob, by the
+// blob's magic bytes: gzip, zstd or plain tar. klauspost/compress decodes
+// about twice as fast as the standard library.
+func decompress(r *bufio.Reader) (io.ReadCloser, error) {
+	magic, err := r.Peek(4)
+	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
-	return struct {
-		io.Reader
-		io.Closer
-	}{io.TeeReader(f, s.sum), f}, nil
+	switch {
+	case len(magic) >= 2 && magic[0] == 0x1f && magic[1] == 0x8b:
+		return kgzip.NewReader(r)
+	case len(magic) >= 4 && magic[0] == 0x28 && magic[1] == 0xb5 && magic[2] == 0x2f && magic[3] == 0xfd:
+		d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			return nil, err
+		}
+		return d.IOReadCloser(), nil
+	}
+	return io.NopCloser(r), nil
+}
+
+// readAhead decodes r in its own goroutine, up to depth chunks ahead of
+// the reader, so decompression overlaps with writing files (two cores).
+// Close stops the goroutine and waits for it, so r may be closed after.
+func readAhead(r io.Reader, depth int) io.ReadCloser {
+	a := &aheadReader{chunks: make(chan []byte, depth), stop: make(chan struct{}), finished: make(chan struct{})}
+	go a.fill(r)
+	return a
+}
+
+type aheadReader struct {
+	chunks   chan []byte
+	stop     chan struct{}
+	finished chan struct{}
+	err      error // set before chunks is closed
+	cur      []byte
+	once     bool
+}
+
+func (a *aheadReader) fill(r io.Reader) {
+	defer close(a.finished)
+	defer close(a.chunks)
+	for {
+		buf := make([]byte, 256<<10)
+		n, err := io.ReadFull(r, buf)
+		if n > 0 {
+			select {
+			case a.chunks <- buf[:n]:
+			case <-a.stop:
+				return
+			}
+		}
+		if err != nil {
+			if err != io.EOF && err != io.ErrUnexpectedEOF {
+				a.err = err
+			}
+			return
+		}
+	}
+}
+
+func (a *aheadReader) Read(p []byte) (int, error) {
+	for len(a.cur) == 0 {
+		c, ok := <-a.chunks
+		if !ok {
+			if a.err != nil {
+				return 0, a.err
+			}
+			return 0, io.EOF
+		}
+		a.cur = c
+	}
+	n := copy(p, a.cur)
+	a.cur = a.cur[n:]
+	return n, nil
+}
+
+func (a *aheadReader) Close() error {
+	if !a.once {
+		a.once = true
+		close(a.stop)
+	}
+	<-a.finished
+	return nil
 }
 
 func (u *unpacker) applyBlob(ctx context.Context, dir string, l Layer) error {
@@ -134,28 +195,33 @@ func (u *unpacker) applyBlob(ctx context.Context, dir string, l Layer) error {
 	if err != nil {
 		return kindErr(ErrImageCorrupt, err)
 	}
-	sl := &storedLayer{path: p, l: l, sum: sha256.New()}
-	layer, err := partial.CompressedToLayer(sl)
-	if err != nil {
-		return err
-	}
-	rc, err := layer.Uncompressed()
+	f, err := os.Open(p)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return kindErr(ErrImageNotFound, fmt.Errorf("layer %s missing from the store", l.Digest))
 		}
+		return err
+	}
+	defer f.Close()
+	sum := sha256.New()
+	rc, err := decompress(bufio.NewReaderSize(io.TeeReader(f, sum), 1<<20))
+	if err != nil {
 		return kindErr(ErrImageCorrupt, fmt.Errorf("layer %s: %w", l.Digest, err))
 	}
 	defer rc.Close()
 	diff := sha256.New()
-	r := io.TeeReader(rc, diff)
-	if err := u.apply(ctx, r); err != nil {
+	ahead := readAhead(io.TeeReader(rc, diff), 16)
+	defer ahead.Close()
+	if err := u.apply(ctx, ahead); err != nil {
 		return err
 	}
-	if _, err := io.Copy(io.Discard, r); err != nil {
+	if _, err := io.Copy(io.Discard, ahead); err != nil {
 		return kindErr(ErrImageCorrupt, fmt.Errorf("layer %s: %w", l.Digest, err))
 	}
-	if got := "sha256:" + hex.EncodeToString(sl.sum.Sum(nil)); got != l.Digest {
+	if _, err := io.Copy(sum, f); err != nil { // any bytes after the compressed stream
+		return err
+	}
+	if got := "sha256:" + hex.EncodeToString(sum.Sum(nil)); got != l.Digest {
 		return kindErr(ErrImageCorrupt, fmt.Errorf("layer %s: stored blob is %s", l.Digest, got))
 	}
 	if got := "sha256:" + hex.EncodeToString(diff.Sum(nil)); l.DiffID != "" && got != l.DiffID {

@@ -1,24 +1,16 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-
 	"github.com/boxlite-go/boxlite"
+	"github.com/boxlite-go/boxlite/internal/registrytest"
 )
 
 // testImages returns the directory of OCI layouts that
@@ -38,66 +30,15 @@ func testImages(t *testing.T) string {
 // the test ends (and no longer than this process), and returns host:port.
 func startRegistry(t *testing.T) string {
 	t.Helper()
-	bin, err := exec.LookPath("docker-registry")
-	if err != nil {
-		prereq(t, "docker-registry not in PATH: apt-get install docker-registry (scripts/install-deps.sh)")
+	r, err := registrytest.Start(t.TempDir())
+	if errors.Is(err, registrytest.ErrMissing) {
+		prereq(t, err.Error())
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	host := l.Addr().String()
-	l.Close()
-	dir := t.TempDir()
-	config := filepath.Join(dir, "config.yml")
-	err = os.WriteFile(config, []byte(fmt.Sprintf(`version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %s
-  delete:
-    enabled: true
-http:
-  addr: %s
-`, filepath.Join(dir, "storage"), host)), 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs bytes.Buffer
-	cmd := exec.Command(bin, "serve", config)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		resp, err := http.Get("http://" + host + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return host
-			}
-		}
-		select {
-		case <-exited:
-			t.Fatalf("docker-registry exited: %s", logs.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("docker-registry not answering on %s: %v: %s", host, err, logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	t.Cleanup(r.Stop)
+	return r.Host
 }
 
 // pushLayout pushes the image tagged v1 in the OCI layout at dir to
@@ -107,31 +48,8 @@ func pushLayout(t *testing.T, host, dir, repo string) {
 	if _, err := os.Stat(filepath.Join(dir, "index.json")); err != nil {
 		prereq(t, fmt.Sprintf("test image %s missing: run scripts/build-test-images.sh %s", dir, filepath.Dir(dir)))
 	}
-	idx, err := layout.ImageIndexFromPath(dir)
-	if err != nil {
+	if err := registrytest.PushLayout(host, dir, repo, "v1"); err != nil {
 		t.Fatal(err)
-	}
-	im, err := idx.IndexManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var img v1.Image
-	for _, d := range im.Manifests {
-		if d.Annotations["org.opencontainers.image.ref.name"] == "v1" {
-			if img, err = idx.Image(d.Digest); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	if img == nil {
-		t.Fatalf("%s: no image tagged v1", dir)
-	}
-	ref, err := name.ParseReference(host+"/"+repo+":v1", name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatalf("push %s: %v", ref, err)
 	}
 }
 
