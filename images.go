@@ -3,9 +3,11 @@ package boxlite
 import (
 	"archive/tar"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/boxlite-go/boxlite/internal/disk"
@@ -190,4 +192,39 @@ func owners(root string, entries []image.Entry) []disk.Owner {
 		})
 	}
 	return out
+}
+
+// PruneImages removes the images no box uses, their blobs, and base disks
+// no box uses. It returns the removed references. (An image being turned
+// into a box by another process at that moment may lose its blobs; that
+// create fails with ErrImage and can be retried.)
+func (rt *Runtime) PruneImages(ctx context.Context) ([]string, error) {
+	st, err := rt.imageStore()
+	if err != nil {
+		return nil, err
+	}
+	recs, err := rt.db.ListBoxes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	used := map[string]bool{} // base disk paths
+	for _, rec := range recs {
+		var cfg boxConfig
+		if json.Unmarshal(rec.Config, &cfg) == nil && cfg.Base != "" {
+			used[cfg.Base] = true
+		}
+	}
+	removed, err := st.Prune(ctx, func(digest string) bool { return used[rt.layout.ImageBase(digest)] })
+	if err != nil {
+		return removed, err
+	}
+	bases, _ := filepath.Glob(filepath.Join(rt.layout.BasesDir(), "*.ext4"))
+	for _, b := range bases {
+		if !used[b] {
+			if err := os.Remove(b); err != nil {
+				return removed, err
+			}
+		}
+	}
+	return removed, nil
 }

@@ -50,7 +50,7 @@ func TestCLIRun(t *testing.T) {
 		{"no command", []string{"--rootfs", rootfsPath}, "", 125, "", "no command"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cmd := exec.Command(bin, append([]string{"--home", home, "run"}, tc.args...)...)
+			cmd := exec.Command(bin, append([]string{"--home", home, "run", "--rm"}, tc.args...)...)
 			cmd.Stdin = strings.NewReader(tc.stdin)
 			var out, errb bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &out, &errb

@@ -212,6 +212,30 @@ func TestImageErrors(t *testing.T) {
 	if len(entries) != 0 {
 		t.Errorf("failed creates left %d box dirs", len(entries))
 	}
+
+	// Prune keeps what a box uses, and removes the rest.
+	box, err := rt.Create(ctx, boxlite.BoxOptions{Image: "test/busybox:v1"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if removed, err := rt.PruneImages(ctx); err != nil || len(removed) != 0 {
+		t.Fatalf("prune with a box using the image: %v %v", removed, err)
+	}
+	if imgs, _ := rt.Images(ctx); len(imgs) != 1 {
+		t.Fatalf("images after prune: %+v", imgs)
+	}
+	if err := rt.Remove(ctx, box.ID(), false); err != nil {
+		t.Fatal(err)
+	}
+	if removed, err := rt.PruneImages(ctx); err != nil || len(removed) != 1 {
+		t.Fatalf("prune without users: %v %v", removed, err)
+	}
+	if imgs, _ := rt.Images(ctx); len(imgs) != 0 {
+		t.Fatalf("images after prune: %+v", imgs)
+	}
+	if bases, _ := filepath.Glob(filepath.Join(rt.HomeDir(), "bases", "*")); len(bases) != 0 {
+		t.Fatalf("base disks left: %v", bases)
+	}
 }
 
 func TestCLIImage(t *testing.T) {
