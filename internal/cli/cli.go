@@ -83,7 +83,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	root.AddCommand(
 		newRunCmd(g), newCreateCmd(g), newStartCmd(g), newStopCmd(g), newRestartCmd(g),
 		newExecCmd(g), newPsCmd(g), newRmCmd(g), newInspectCmd(g), newLogsCmd(g),
-		newPullCmd(g), newImagesCmd(g), newRmiCmd(g),
+		newPullCmd(g), newImagesCmd(g), newRmiCmd(g), newImageCmd(g),
 	)
 	root.SetArgs(args)
 	root.SetIn(stdin)

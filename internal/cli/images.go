@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"sync"
@@ -23,6 +24,7 @@ func newPullCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			defer rt.Shutdown(context.WithoutCancel(cmd.Context()))
 			var report func(boxlite.PullProgress)
 			if !quiet {
 				report = progressPrinter(cmd.ErrOrStderr())
@@ -89,6 +91,7 @@ func newImagesCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			defer rt.Shutdown(context.WithoutCancel(cmd.Context()))
 			imgs, err := rt.Images(cmd.Context())
 			if err != nil {
 				return err
@@ -117,6 +120,7 @@ func newRmiCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			defer rt.Shutdown(context.WithoutCancel(cmd.Context()))
 			for _, ref := range args {
 				if err := rt.RemoveImage(cmd.Context(), ref); err != nil {
 					return err
@@ -126,4 +130,29 @@ func newRmiCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+func newImageCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "image",
+		Short: "Manage cached images",
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "prune",
+		Short: "Remove the images and base disks no box uses",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rt, err := g.runtime()
+			if err != nil {
+				return err
+			}
+			defer rt.Shutdown(context.WithoutCancel(cmd.Context()))
+			removed, err := rt.PruneImages(cmd.Context())
+			for _, ref := range removed {
+				fmt.Fprintln(cmd.OutOrStdout(), ref)
+			}
+			return err
+		},
+	})
+	return cmd
 }

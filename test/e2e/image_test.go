@@ -260,10 +260,10 @@ func TestCLIImage(t *testing.T) {
 	if out, code := cli("images"); code != 0 || !strings.Contains(out, host+"/test/busybox:v1") {
 		t.Fatalf("images: %d %s", code, out)
 	}
-	if out, code := cli("run", "test/busybox:v1"); code != 0 || out != "default-cmd from-image /home/user\n" {
+	if out, code := cli("run", "--rm", "test/busybox:v1"); code != 0 || out != "default-cmd from-image /home/user\n" {
 		t.Fatalf("run default: %d %q", code, out)
 	}
-	if out, code := cli("run", "test/busybox:v1", "sh", "-c", "exit 5"); code != 5 {
+	if out, code := cli("run", "--rm", "test/busybox:v1", "sh", "-c", "exit 5"); code != 5 {
 		t.Fatalf("run cmd: %d %q", code, out)
 	}
 	if out, code := cli("rmi", "test/busybox:v1"); code != 0 {
@@ -271,5 +271,11 @@ func TestCLIImage(t *testing.T) {
 	}
 	if out, code := cli("images"); code != 0 || strings.Contains(out, "busybox") {
 		t.Fatalf("images after rmi: %d %s", code, out)
+	}
+	if out, code := cli("pull", "-q", "test/busybox:v1"); code != 0 {
+		t.Fatalf("pull again: %d %s", code, out)
+	}
+	if out, code := cli("image", "prune"); code != 0 || !strings.Contains(out, host+"/test/busybox:v1") {
+		t.Fatalf("image prune: %d %s", code, out)
 	}
 }
