@@ -202,6 +202,11 @@ func (b *Box) watch(m machine, agent *client.Client) {
 	os.RemoveAll(b.runDir)
 	b.mu.Unlock()
 	b.save(context.Background())
+	if b.opts.AutoRemove {
+		if err := b.rt.Remove(context.Background(), b.id, true); err != nil {
+			b.rt.log.Warn("auto-remove", "box", b.id, "err", err)
+		}
+	}
 	b.mu.Lock()
 	b.saved = true
 	b.mu.Unlock()

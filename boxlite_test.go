@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 )
 
 func TestMergeEnv(t *testing.T) {
@@ -88,5 +89,29 @@ func TestGetAndRemoveUnknown(t *testing.T) {
 	}
 	if _, err := rt.Create(ctx, BoxOptions{Rootfs: t.TempDir()}, ""); !errors.Is(err, ErrInvalidState) {
 		t.Errorf("create after shutdown: %v", err)
+	}
+}
+
+func TestRecoverRemovesOrphanDirs(t *testing.T) {
+	home := t.TempDir()
+	old := filepath.Join(home, "boxes", "deadbeef0001")
+	young := filepath.Join(home, "boxes", "deadbeef0002")
+	for _, d := range []string{old, young} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	past := time.Now().Add(-time.Hour)
+	os.Chtimes(old, past, past)
+	rt, err := NewRuntime(Options{HomeDir: home})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Shutdown(context.Background())
+	if _, err := os.Stat(old); !errors.Is(err, os.ErrNotExist) {
+		t.Error("old box dir without a row survived recovery")
+	}
+	if _, err := os.Stat(young); err != nil {
+		t.Error("young box dir (a create in progress elsewhere) was removed")
 	}
 }

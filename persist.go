@@ -115,6 +115,7 @@ func (rt *Runtime) recover(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	rt.removeOrphanDirs(recs)
 	for _, rec := range recs {
 		switch Status(rec.Status) {
 		case StatusRunning, StatusStopping, StatusPaused:
@@ -152,4 +153,27 @@ func qemuAlive(pid int, id string) bool {
 		return false
 	}
 	return strings.Contains(string(cmdline), "boxlite-"+id+"\x00")
+}
+
+// orphanAge is how old a box directory without a row must be before
+// recovery removes it: younger ones may belong to a create in progress in
+// another process (the row is written once the disks are made).
+const orphanAge = 10 * time.Minute
+
+// removeOrphanDirs deletes box directories left by a create that died
+// between making the disks and writing the row.
+func (rt *Runtime) removeOrphanDirs(recs []store.Box) {
+	known := map[string]bool{}
+	for _, r := range recs {
+		known[r.ID] = true
+	}
+	entries, _ := os.ReadDir(rt.layout.BoxesDir())
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || known[e.Name()] || time.Since(info.ModTime()) < orphanAge {
+			continue
+		}
+		rt.log.Warn("removing box dir without a record", "box", e.Name())
+		os.RemoveAll(rt.layout.BoxDir(e.Name()))
+	}
 }

@@ -372,9 +372,6 @@ func (rt *Runtime) Shutdown(ctx context.Context) error {
 			if err := b.Stop(ctx); err != nil && !errors.Is(err, ErrInvalidState) {
 				errs[i] = err
 			}
-			if b.opts.AutoRemove {
-				_ = rt.Remove(context.Background(), b.id, true)
-			}
 		}()
 	}
 	wg.Wait()

@@ -370,3 +370,19 @@ func TestKilledSupervisorIsReported(t *testing.T) {
 		t.Fatal("box does not work after restart")
 	}
 }
+
+// TestAutoRemove: a box with AutoRemove is gone once it stops.
+func TestAutoRemove(t *testing.T) {
+	rt := newRuntime(t, boxlite.Options{})
+	box := startBox(t, rt, boxlite.BoxOptions{AutoRemove: true})
+	ctx := context.Background()
+	if err := box.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Get(ctx, box.ID()); !errors.Is(err, boxlite.ErrNotFound) {
+		t.Fatalf("get after stop: %v, want ErrNotFound", err)
+	}
+	if _, err := os.Stat(filepath.Join(rt.HomeDir(), "boxes", box.ID())); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("box dir left after auto-remove")
+	}
+}
