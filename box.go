@@ -37,7 +37,8 @@ type Box struct {
 	id, name  string
 	opts      BoxOptions
 	createdAt time.Time
-	base      string // image base disk; "" for a rootfs box
+	base      string   // image base disk; "" for a rootfs box
+	layers    []string // shared layer files in the disk's backing chain
 	// Defaults from the image config, under opts.
 	imageEntrypoint, imageCmd []string
 

@@ -17,13 +17,14 @@ import (
 type boxConfig struct {
 	Options         BoxOptions `json:"options"`
 	Base            string     `json:"base,omitempty"`
+	Layers          []string   `json:"layers,omitempty"`
 	ImageEntrypoint []string   `json:"imageEntrypoint,omitempty"`
 	ImageCmd        []string   `json:"imageCmd,omitempty"`
 }
 
 // record is the box's row; b.mu must be held or b not yet shared.
 func (b *Box) record() (store.Box, error) {
-	cfg, err := json.Marshal(boxConfig{Options: b.opts, Base: b.base, ImageEntrypoint: b.imageEntrypoint, ImageCmd: b.imageCmd})
+	cfg, err := json.Marshal(boxConfig{Options: b.opts, Base: b.base, Layers: b.layers, ImageEntrypoint: b.imageEntrypoint, ImageCmd: b.imageCmd})
 	if err != nil {
 		return store.Box{}, err
 	}
@@ -61,6 +62,7 @@ func (rt *Runtime) boxFromRecord(rec store.Box) (*Box, error) {
 		name:            rec.Name,
 		opts:            cfg.Options,
 		base:            cfg.Base,
+		layers:          cfg.Layers,
 		imageEntrypoint: cfg.ImageEntrypoint,
 		imageCmd:        cfg.ImageCmd,
 		createdAt:       rec.CreatedAt,

@@ -231,6 +231,9 @@ func (rt *Runtime) Create(ctx context.Context, opts BoxOptions, name string) (*B
 		delete(rt.boxes, id)
 		rt.mu.Unlock()
 		os.RemoveAll(rt.layout.BoxDir(id))
+		for _, l := range b.layers {
+			os.Remove(l)
+		}
 		return nil, fmt.Errorf("box %s: create: %w", b.label(), err)
 	}
 	rt.log.Info("box created", "box", id, "name", name, "image", opts.Image, "rootfs", opts.Rootfs)
@@ -247,10 +250,14 @@ func (rt *Runtime) makeDisks(ctx context.Context, b *Box) error {
 	if b.base != "" {
 		backing = b.base
 	} else if st, err := os.Stat(b.opts.Rootfs); err == nil && st.IsDir() {
-		backing = rt.layout.BaseDisk(b.id)
+		if err := os.MkdirAll(rt.layout.LayersDir(), 0o700); err != nil {
+			return err
+		}
+		backing = rt.layout.Layer(b.id + "-base.ext4")
 		if err := disk.BaseFromDir(ctx, b.opts.Rootfs, backing, size); err != nil {
 			return err
 		}
+		b.layers = []string{backing}
 	} else if err == nil && st.Size() > size {
 		size = 0 // keep the image's own size
 	}
@@ -339,7 +346,13 @@ func (rt *Runtime) Remove(ctx context.Context, idOrName string, force bool) erro
 	rt.mu.Lock()
 	delete(rt.boxes, b.id)
 	rt.mu.Unlock()
-	return os.RemoveAll(rt.layout.BoxDir(b.id))
+	if err := os.RemoveAll(rt.layout.BoxDir(b.id)); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	layers := b.layers
+	b.mu.Unlock()
+	return rt.collectLayers(context.WithoutCancel(ctx), layers)
 }
 
 // Shutdown stops every box this runtime started (except detached ones,

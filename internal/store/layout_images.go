@@ -26,3 +26,11 @@ func (l Layout) ImageBase(digest string) string {
 // TmpDir is scratch space on the same filesystem as the home dir, so
 // finished files can be renamed into place.
 func (l Layout) TmpDir() string { return filepath.Join(l.Home, "tmp") }
+
+// LayersDir holds read-only disk layers that boxes share: the ext4 base of
+// a box made from a rootfs directory, and overlays frozen by a clone. A
+// layer is deleted when no box's chain uses it any more.
+func (l Layout) LayersDir() string { return filepath.Join(l.Home, "layers") }
+
+// Layer is the path of the layer file name in LayersDir.
+func (l Layout) Layer(name string) string { return filepath.Join(l.LayersDir(), name) }
