@@ -39,6 +39,7 @@ type Box struct {
 	createdAt time.Time
 	base      string   // image base disk; "" for a rootfs box
 	layers    []string // shared layer files in the disk's backing chain
+	imported  bool     // the disk came from an archive: no base below it
 	// Defaults from the image config, under opts.
 	imageEntrypoint, imageCmd []string
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/boxlite-go/boxlite/internal/disk"
@@ -55,7 +56,35 @@ func (b *Box) Clone(ctx context.Context, opts CloneOptions, name string) (*Box, 
 		return nil, fmt.Errorf("box %s: clone: %w", b.label(), err)
 	}
 	_ = os.Chmod(layer, 0o400) // layers are never written again
+	oldLayers := b.layers
 	b.layers = append(append([]string(nil), b.layers...), layer)
+	var dropped []string
+	if len(b.layers) > maxChainDepth {
+		// Keep chains shallow: fold the frozen layers into one.
+		flat := rt.layout.Layer(newID() + ".qcow2")
+		base := b.chainBase()
+		if err := disk.Flatten(ctx, layer, flat, base, "raw"); err != nil {
+			b.layers = oldLayers
+			os.Remove(overlay)
+			os.Rename(layer, overlay)
+			return nil, fmt.Errorf("box %s: clone: %w", b.label(), err)
+		}
+		_ = os.Chmod(flat, 0o400)
+		if err := disk.Overlay(ctx, flat, "qcow2", overlay+".new", 0); err != nil {
+			os.Remove(flat)
+			return nil, fmt.Errorf("box %s: clone: %w", b.label(), err)
+		}
+		os.Rename(overlay+".new", overlay)
+		var kept []string
+		for _, l := range b.layers {
+			if l == base {
+				kept = append(kept, l)
+			} else {
+				dropped = append(dropped, l)
+			}
+		}
+		b.layers, layer = append(kept, flat), flat
+	}
 	if rec, err := b.record(); err == nil {
 		_, err = rt.db.UpdateBox(context.WithoutCancel(ctx), b.id, func(r *store.Box) error {
 			r.Config = rec.Config
@@ -99,8 +128,31 @@ func (b *Box) Clone(ctx context.Context, opts CloneOptions, name string) (*Box, 
 	rt.mu.Lock()
 	rt.boxes[c.id] = c
 	rt.mu.Unlock()
+	if err := rt.collectLayers(context.WithoutCancel(ctx), dropped); err != nil {
+		rt.log.Warn("collect layers", "err", err)
+	}
 	rt.log.Info("box cloned", "box", b.id, "clone", c.id, "layer", layer)
 	return c, nil
+}
+
+// maxChainDepth bounds the layers under a box's overlay; a clone that
+// would go deeper folds the frozen layers into one (a copy of the data
+// written, once every few clones).
+const maxChainDepth = 8
+
+// chainBase is the raw image at the bottom of the box's disk chain: the
+// image's base, the ext4 made from its rootfs directory, its ext4 rootfs
+// file, or "" for a standalone disk (an imported box).
+func (b *Box) chainBase() string {
+	switch {
+	case b.base != "":
+		return b.base
+	case len(b.layers) > 0 && strings.HasSuffix(b.layers[0], "-base.ext4"):
+		return b.layers[0]
+	case b.opts.Rootfs != "" && !b.imported:
+		return b.opts.Rootfs
+	}
+	return ""
 }
 
 // collectLayers deletes those of the candidate layer files (the layers of

@@ -18,13 +18,14 @@ type boxConfig struct {
 	Options         BoxOptions `json:"options"`
 	Base            string     `json:"base,omitempty"`
 	Layers          []string   `json:"layers,omitempty"`
+	Imported        bool       `json:"imported,omitempty"`
 	ImageEntrypoint []string   `json:"imageEntrypoint,omitempty"`
 	ImageCmd        []string   `json:"imageCmd,omitempty"`
 }
 
 // record is the box's row; b.mu must be held or b not yet shared.
 func (b *Box) record() (store.Box, error) {
-	cfg, err := json.Marshal(boxConfig{Options: b.opts, Base: b.base, Layers: b.layers, ImageEntrypoint: b.imageEntrypoint, ImageCmd: b.imageCmd})
+	cfg, err := json.Marshal(boxConfig{Options: b.opts, Base: b.base, Layers: b.layers, Imported: b.imported, ImageEntrypoint: b.imageEntrypoint, ImageCmd: b.imageCmd})
 	if err != nil {
 		return store.Box{}, err
 	}
@@ -63,6 +64,7 @@ func (rt *Runtime) boxFromRecord(rec store.Box) (*Box, error) {
 		opts:            cfg.Options,
 		base:            cfg.Base,
 		layers:          cfg.Layers,
+		imported:        cfg.Imported,
 		imageEntrypoint: cfg.ImageEntrypoint,
 		imageCmd:        cfg.ImageCmd,
 		createdAt:       rec.CreatedAt,

@@ -156,3 +156,51 @@ func Overlay(ctx context.Context, backing, backingFormat, out string, sizeBytes 
 	}
 	return nil
 }
+
+// Flatten writes at out a qcow2 holding everything src's chain has above
+// backing (format backingFormat), with backing as its backing file; with
+// backing "" the result is standalone. It copies src (the top of the
+// chain) and rebases the copy onto backing in qemu-img's safe mode, which
+// pulls in every cluster the layers in between hold: the cost is the data
+// written, not the disk's size. (qemu-img convert -B would copy only the
+// top layer's clusters.) out appears only when complete.
+func Flatten(ctx context.Context, src, out, backing, backingFormat string) error {
+	tmp := out + ".tmp"
+	err := copyFile(src, tmp)
+	if err == nil {
+		args := []string{"rebase", "-q", "-f", "qcow2", "-b", ""}
+		if backing != "" {
+			abs, aerr := filepath.Abs(backing)
+			if aerr != nil {
+				return aerr
+			}
+			args = []string{"rebase", "-q", "-f", "qcow2", "-b", abs, "-F", backingFormat}
+		}
+		err = run(ctx, "qemu-img", append(args, tmp)...)
+	}
+	if err == nil {
+		err = os.Rename(tmp, out)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("flatten %q: %w", src, err)
+	}
+	return nil
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -96,3 +96,39 @@ func TestMissingTool(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// TestFlatten: every layer between the top and the new backing survives.
+func TestFlatten(t *testing.T) {
+	needTools(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.raw")
+	os.WriteFile(base, make([]byte, 8<<20), 0o644)
+	l1 := filepath.Join(dir, "l1.qcow2")
+	l2 := filepath.Join(dir, "l2.qcow2")
+	if err := Overlay(ctx, base, "raw", l1, 0); err != nil {
+		t.Fatal(err)
+	}
+	qemuIO(t, l1, "write -P 0xab 1M 64k")
+	if err := Overlay(ctx, l1, "qcow2", l2, 0); err != nil {
+		t.Fatal(err)
+	}
+	qemuIO(t, l2, "write -P 0xcd 2M 64k")
+	for _, backing := range []string{base, ""} {
+		flat := filepath.Join(dir, "flat.qcow2")
+		if err := Flatten(ctx, l2, flat, backing, "raw"); err != nil {
+			t.Fatal(err)
+		}
+		qemuIO(t, flat, "read -P 0xab 1M 64k")
+		qemuIO(t, flat, "read -P 0xcd 2M 64k")
+		os.Remove(flat)
+	}
+}
+
+func qemuIO(t *testing.T, img, cmd string) {
+	t.Helper()
+	out, err := exec.Command("qemu-io", "-c", cmd, img).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "fail") {
+		t.Fatalf("qemu-io %s %q: %v %s", img, cmd, err, out)
+	}
+}

@@ -45,6 +45,11 @@ func TestCloneStoppedBox(t *testing.T) {
 		}
 	}
 
+	// The ten clones pushed the source's chain past its bound: it was
+	// flattened, and it still holds the data.
+	if layers, _ := filepath.Glob(filepath.Join(rt.HomeDir(), "layers", "*.qcow2")); len(layers) > 9 {
+		t.Fatalf("%d qcow2 layers after 11 clones: chains are not kept shallow", len(layers))
+	}
 	if err := src.Start(ctx); err != nil {
 		t.Fatal(err)
 	}

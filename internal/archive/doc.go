@@ -1,0 +1,57 @@
+// Package archive reads and writes .boxlite archives, the file format of an
+// exported box.
+//
+// # Format, version 1
+//
+// A .boxlite file is a Zstandard stream (RFC 8878: one or more frames; Write
+// emits one frame with a content checksum and an 8 MiB window; readers
+// accept windows up to 64 MiB and no dictionaries) whose decompressed bytes
+// are a POSIX tar stream (ustar headers, with pax extended headers where a
+// value does not fit, e.g. a size of 8 GiB or more). Nothing may follow the
+// Zstandard stream.
+//
+// The tar stream holds, in this order and nothing else:
+//
+//  1. manifest.json, the manifest described below, at most 1 MiB.
+//  2. One entry per member, in the order of the manifest's members list.
+//  3. The end-of-archive marker (two 512-byte zero blocks), optionally
+//     followed by at most 1 MiB of zero bytes (record padding).
+//
+// Every entry is a regular file (typeflag '0'): no directories, links,
+// devices, fifos or sparse entries. Its name is the member name itself, with
+// no directory part and no "./" prefix; its size is the member's size. The
+// mode, owner and times of an entry carry no meaning (Write stores 0644,
+// uid 0, gid 0 and the manifest's created_at).
+//
+// A member name is 1 to 128 bytes of ASCII letters, digits, '.', '_' and
+// '-', does not start with '.', and is not "manifest.json".
+//
+// The manifest is a UTF-8 JSON object with exactly these keys:
+//
+//	{
+//	  "format_version": 1,
+//	  "created_at": "2025-01-02T03:04:05Z",  // RFC 3339
+//	  "box": {...},                          // box options, any JSON value
+//	  "image": "docker.io/library/alpine:3", // image reference
+//	  "members": [
+//	    {"name": "disk.qcow2", "size": 1073741824, "sha256": "<64 lower-case hex>"}
+//	  ]
+//	}
+//
+// Member names in the manifest are unique. A reader refuses an archive with
+// an unknown format_version, an unknown key, or any deviation from the above:
+// a member missing, repeated, out of order or not listed, a size or sha256
+// that does not match, a truncated or corrupted stream. A later version that
+// changes any of this, or adds a key, has a new format_version.
+//
+// BoxLite stores one member: disk.qcow2, the box's disk flattened into a
+// standalone qcow2 image (no backing file). The meaning of box and image is
+// defined by the boxlite package, not here.
+//
+// # Reading
+//
+// Read verifies as it extracts and removes what it extracted on any error,
+// so the caller creates nothing from an archive until Read has returned
+// successfully. Sizes claimed by the manifest are checked against Limits
+// and against the destination's free space before anything is written.
+package archive
