@@ -37,9 +37,10 @@ type Box struct {
 	id, name  string
 	opts      BoxOptions
 	createdAt time.Time
-	base      string   // image base disk; "" for a rootfs box
-	layers    []string // shared layer files in the disk's backing chain
-	imported  bool     // the disk came from an archive: no base below it
+	base      string        // image base disk; "" for a rootfs box
+	layers    []string      // shared layer files in the disk's backing chain
+	imported  bool          // the disk came from an archive: no base below it
+	lastPause time.Duration // how long the VM was paused by the last live freeze
 	// Defaults from the image config, under opts.
 	imageEntrypoint, imageCmd []string
 

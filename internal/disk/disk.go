@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -203,4 +204,39 @@ func copyFile(src, dst string) error {
 		err = cerr
 	}
 	return err
+}
+
+// OverlayInUse is Overlay for a backing file a running VM holds open (and
+// locked): the backing is not opened, so the virtual size must be given.
+func OverlayInUse(ctx context.Context, backing, backingFormat, out string, sizeBytes int64) error {
+	abs, err := filepath.Abs(backing)
+	if err != nil {
+		return err
+	}
+	if err := run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=65536",
+		"-u", "-b", abs, "-F", backingFormat, out, fmt.Sprint(sizeBytes)); err != nil {
+		os.Remove(out)
+		return fmt.Errorf("overlay on %q: %w", backing, err)
+	}
+	return nil
+}
+
+// VirtualSize is the size of the disk image at path as the guest sees it;
+// it reads images a running VM holds too.
+func VirtualSize(ctx context.Context, path string) (int64, error) {
+	bin, err := lookTool("qemu-img")
+	if err != nil {
+		return 0, err
+	}
+	out, err := exec.CommandContext(ctx, bin, "info", "-U", "--output=json", path).Output()
+	if err != nil {
+		return 0, fmt.Errorf("qemu-img info %s: %w", path, err)
+	}
+	var info struct {
+		VirtualSize int64 `json:"virtual-size"`
+	}
+	if err := json.Unmarshal(out, &info); err != nil {
+		return 0, fmt.Errorf("qemu-img info %s: %w", path, err)
+	}
+	return info.VirtualSize, nil
 }

@@ -29,10 +29,11 @@ const Env = "_BOXLITE_SUPERVISOR"
 
 // File names in the box's run directory.
 const (
-	SocketName = "box.sock" // the Agent proxy
-	LockName   = "supervisor.lock"
-	ExitName   = "exit.json" // why the VM ended
-	LogName    = "supervisor.log"
+	SocketName  = "box.sock"     // the Agent proxy
+	ControlName = "control.sock" // supervisor requests (disk snapshots)
+	LockName    = "supervisor.lock"
+	ExitName    = "exit.json" // why the VM ended
+	LogName     = "supervisor.log"
 )
 
 // Config is what a supervisor needs; it travels as JSON in Env.
@@ -109,6 +110,16 @@ func Main(raw string) int {
 	srv := grpc.NewServer()
 	pb.RegisterAgentServer(srv, &proxy{up: agent.API()})
 	go srv.Serve(l)
+	os.Remove(filepath.Join(dir, ControlName))
+	ctl, err := net.Listen("unix", filepath.Join(dir, ControlName))
+	if err != nil {
+		_ = m.Kill()
+		writeExit(dir, err)
+		fmt.Printf("error listen: %v\n", err)
+		return 1
+	}
+	defer ctl.Close()
+	go serveControl(ctl, m, agent, log)
 	fmt.Printf("ready %d\n", m.PID())
 	os.Stdout.Close()
 	log.Info("box up", "qemu", m.PID())
@@ -158,7 +169,7 @@ func recordStopped(cfg Config, qemuPID int, why error) error {
 }
 
 // boot starts the VM and waits for its agent, killing the VM on failure.
-func boot(cfg Config) (vmm.Machine, *client.Client, error) {
+func boot(cfg Config) (*qemu.Machine, *client.Client, error) {
 	m, err := qemu.New(cfg.Machine)
 	if err != nil {
 		return nil, nil, err
@@ -190,7 +201,7 @@ func boot(cfg Config) (vmm.Machine, *client.Client, error) {
 }
 
 // stop asks the guest to power off, then ends QEMU.
-func stop(m vmm.Machine, agent *client.Client) {
+func stop(m *qemu.Machine, agent *client.Client) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	err := agent.Shutdown(ctx)
 	cancel()

@@ -61,9 +61,6 @@ func TestCloneStoppedBox(t *testing.T) {
 			t.Fatalf("box %s: file written before the clone: %q", b.ID(), r.stdout)
 		}
 	}
-	if _, err := src.Clone(ctx, boxlite.CloneOptions{}, ""); !errors.Is(err, boxlite.ErrInvalidState) {
-		t.Fatalf("clone of a running box: %v, want ErrInvalidState for now", err)
-	}
 	run(t, src, sh("echo src > /root/a; echo src > /root/src-only; sync"))
 	run(t, clone, sh("echo clone > /root/a; echo clone > /root/clone-only; sync"))
 	if r := run(t, src, sh("cat /root/a; ls /root")); r.stdout != "src\na\nsrc-only\n" {
@@ -94,5 +91,51 @@ func TestCloneStoppedBox(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(rt.HomeDir(), "boxes", clone.ID())); !errors.Is(err, os.ErrNotExist) {
 		t.Fatal("clone dir left")
+	}
+}
+
+// TestCloneRunningBox: the source keeps running; writes before the clone
+// are in both, writes after it stay on their side.
+func TestCloneRunningBox(t *testing.T) {
+	rt := newRuntime(t, boxlite.Options{})
+	ctx := context.Background()
+	src := startBox(t, rt, boxlite.BoxOptions{})
+	run(t, src, sh("echo before > /root/a"))
+	bg, err := src.Exec(ctx, sh("i=0; while true; do echo $i >> /root/log; i=$((i+1)); sleep 0.01; done"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clone, err := src.Clone(ctx, boxlite.CloneOptions{}, "live-clone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := src.Info().Status; st != boxlite.StatusRunning {
+		t.Fatalf("source is %s after a live clone", st)
+	}
+	run(t, src, sh("echo after > /root/a; sync"))
+	if r := run(t, src, boxlite.Command{Name: "echo", Args: []string{"still"}}); r.stdout != "still\n" {
+		t.Fatalf("source exec after the clone: %q", r.stdout)
+	}
+	bg.Kill(ctx)
+	if err := clone.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := run(t, clone, sh("cat /root/a; test -s /root/log && echo log-ok")); r.stdout != "before\nlog-ok\n" {
+		t.Fatalf("clone sees %q, want the file as it was at the clone", r.stdout)
+	}
+	run(t, clone, sh("echo from-clone > /root/b; sync"))
+	if r := run(t, src, sh("cat /root/a; test -e /root/b || echo no-b")); r.stdout != "after\nno-b\n" {
+		t.Fatalf("source sees %q: writes leaked between source and clone", r.stdout)
+	}
+	// The source still restarts with its own data (its new overlay sits on
+	// the frozen layer).
+	if err := src.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := run(t, src, boxlite.Command{Name: "cat", Args: []string{"/root/a"}}); r.stdout != "after\n" {
+		t.Fatalf("source after restart: %q", r.stdout)
 	}
 }

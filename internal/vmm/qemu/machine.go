@@ -72,6 +72,9 @@ type Machine struct {
 	cause   error // why Start gave up, reported by Err
 	end     error // why the machine ended, without the subject
 	err     error // Err's value, set before done is closed
+
+	diskTop   string // block node of the first disk's active layer
+	snapshots int    // overlays added by SnapshotDisk
 }
 
 // New checks cfg and resolves it into a machine that is not started yet:
