@@ -41,6 +41,8 @@ type Box struct {
 	layers    []string      // shared layer files in the disk's backing chain
 	imported  bool          // the disk came from an archive: no base below it
 	lastPause time.Duration // how long the VM was paused by the last live freeze
+	owned     bool          // this process started the running VM (else attached)
+	bootErr   string        // why the last Start failed
 	// Defaults from the image config, under opts.
 	imageEntrypoint, imageCmd []string
 
@@ -92,6 +94,8 @@ func (b *Box) Info() BoxInfo {
 	}
 	if b.downErr != nil {
 		info.Error = b.downErr.Error()
+	} else if b.bootErr != "" {
+		info.Error = "start failed: " + b.bootErr
 	}
 	return info
 }
@@ -115,7 +119,7 @@ func (b *Box) Start(ctx context.Context) error {
 	b.mu.Lock()
 	if err != nil {
 		b.status = prev
-		b.downErr = err
+		b.downErr, b.bootErr = nil, err.Error()
 		b.mu.Unlock()
 		b.save(ctx)
 		return fmt.Errorf("box %s: start: %w", b.label(), err)
@@ -123,11 +127,13 @@ func (b *Box) Start(ctx context.Context) error {
 	b.status = StatusRunning
 	b.startedAt = time.Now()
 	b.machine, b.agent, b.runDir = m, agent, runDir
-	b.downErr = nil
+	b.downErr, b.bootErr = nil, ""
 	b.stopping = false
 	b.saved = false
+	b.owned = true
 	b.mu.Unlock()
 	b.save(ctx)
+	b.rt.watchers.Add(1)
 	go b.watch(m, agent)
 	return nil
 }
@@ -184,7 +190,21 @@ func (b *Box) boot(ctx context.Context) (machine, *client.Client, string, error)
 // watch marks the box stopped when its VM ends, keeping the reason when the
 // end was not requested.
 func (b *Box) watch(m machine, agent *client.Client) {
-	<-m.Done()
+	defer b.rt.watchers.Done()
+	select {
+	case <-m.Done():
+	case <-b.rt.stopWatching:
+		// The runtime shuts down and leaves this box running (detached,
+		// or run by another process): let go of it.
+		b.mu.Lock()
+		if b.machine == m {
+			b.foreignPID = m.PID()
+			b.machine, b.agent, b.owned = nil, nil, false
+		}
+		b.mu.Unlock()
+		agent.Close()
+		return
+	}
 	agent.Close()
 	b.mu.Lock()
 	if b.machine != m {
@@ -206,7 +226,7 @@ func (b *Box) watch(m machine, agent *client.Client) {
 	b.mu.Unlock()
 	b.save(context.Background())
 	if b.opts.AutoRemove {
-		if err := b.rt.Remove(context.Background(), b.id, true); err != nil {
+		if err := b.rt.removeBox(context.Background(), b, true); err != nil {
 			b.rt.log.Warn("auto-remove", "box", b.id, "err", err)
 		}
 	}
@@ -227,7 +247,7 @@ func (b *Box) running() (*client.Client, machine, error) {
 	}
 	if b.status != StatusRunning {
 		if b.downErr != nil {
-			return nil, nil, fmt.Errorf("box %s is %s: %w", b.label(), b.status, b.downErr)
+			return nil, nil, fmt.Errorf("box %s is %s: %w: %w", b.label(), b.status, ErrInvalidState, b.downErr)
 		}
 		return nil, nil, fmt.Errorf("box %s is %s: %w", b.label(), b.status, ErrInvalidState)
 	}
@@ -288,10 +308,12 @@ func (b *Box) Stop(ctx context.Context) error {
 
 func (b *Box) remove(ctx context.Context, force bool) error {
 	b.mu.Lock()
-	st, m := b.status, b.machine
+	st, m, foreign := b.status, b.machine, b.foreignPID
 	b.mu.Unlock()
 	switch {
-	case st == StatusRunning || st == StatusStarting || st == StatusStopping:
+	case st == StatusStarting:
+		return fmt.Errorf("box %s: remove: box is starting; stop it once it runs: %w", b.label(), ErrInvalidState)
+	case st == StatusRunning || st == StatusStopping:
 		if !force {
 			return fmt.Errorf("box %s: remove: box is %s (stop it or force): %w", b.label(), st, ErrInvalidState)
 		}
@@ -300,10 +322,10 @@ func (b *Box) remove(ctx context.Context, force bool) error {
 			b.stopping = true
 			b.mu.Unlock()
 			_ = m.Kill()
-		} else if b.foreignPID > 0 && qemuAlive(b.foreignPID, b.id) {
+		} else if foreign > 0 && qemuAlive(foreign, b.id) {
 			// Run by another process: its VM goes; that process sees
 			// the box go down.
-			_ = syscall.Kill(b.foreignPID, syscall.SIGKILL)
+			_ = syscall.Kill(foreign, syscall.SIGKILL)
 		}
 	}
 	return nil
@@ -415,6 +437,8 @@ func (b *Box) attach() error {
 	}
 	b.machine, b.agent, b.runDir = h, agent, runDir
 	b.saved = false
+	b.owned = false
+	b.rt.watchers.Add(1)
 	go b.watch(h, agent)
 	return nil
 }

@@ -143,6 +143,14 @@ func (rt *Runtime) recover(ctx context.Context) error {
 			return err
 		}
 		rt.log.Warn("recovered box whose VM is gone", "box", rec.ID, "pid", rec.PID)
+		var cfg boxConfig
+		if json.Unmarshal(rec.Config, &cfg) == nil && cfg.Options.AutoRemove {
+			// Its owner died before it could remove it.
+			if err := rt.db.DeleteBox(ctx, rec.ID); err == nil {
+				os.RemoveAll(rt.layout.BoxDir(rec.ID))
+				rt.collectLayers(ctx, cfg.Layers)
+			}
+		}
 	}
 	return nil
 }

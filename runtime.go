@@ -36,6 +36,11 @@ type Runtime struct {
 	assetsMu        sync.Mutex
 	vmlinux, initrd string
 
+	// watchers counts the goroutines following running VMs; Shutdown
+	// closes stopWatching and waits for them before closing the store.
+	watchers     sync.WaitGroup
+	stopWatching chan struct{}
+
 	imagesOnce sync.Once
 	images     *image.Store
 	imagesErr  error
@@ -91,6 +96,8 @@ func NewRuntime(opts Options) (*Runtime, error) {
 		log:    log,
 		db:     db,
 		boxes:  map[string]*Box{},
+
+		stopWatching: make(chan struct{}),
 	}
 	if err := rt.recover(ctx); err != nil {
 		db.Close()
@@ -337,6 +344,11 @@ func (rt *Runtime) Remove(ctx context.Context, idOrName string, force bool) erro
 	if err != nil {
 		return err
 	}
+	return rt.removeBox(ctx, b, force)
+}
+
+// removeBox deletes b's VM (with force), row, files and unshared layers.
+func (rt *Runtime) removeBox(ctx context.Context, b *Box, force bool) error {
 	if err := b.remove(ctx, force); err != nil {
 		return err
 	}
@@ -369,7 +381,7 @@ func (rt *Runtime) Shutdown(ctx context.Context) error {
 	boxes := make([]*Box, 0, len(rt.boxes))
 	for _, b := range rt.boxes {
 		b.mu.Lock()
-		mine := b.machine != nil && !b.opts.Detach
+		mine := b.machine != nil && b.owned && !b.opts.Detach
 		b.mu.Unlock()
 		if mine {
 			boxes = append(boxes, b)
@@ -388,6 +400,8 @@ func (rt *Runtime) Shutdown(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
+	close(rt.stopWatching)
+	rt.watchers.Wait()
 	errs = append(errs, rt.db.Close())
 	return errors.Join(errs...)
 }

@@ -115,10 +115,16 @@ func baseFromDir(ctx context.Context, dir, out string, sizeBytes int64, owners [
 		err = FixOwners(ctx, tmp, dir, owners)
 	}
 	if err == nil {
-		err = os.Rename(tmp, out)
+		// Publish without replacing: a concurrent builder of the same out
+		// may have won, and boxes may already sit on its file (each
+		// mkfs.ext4 run makes a different filesystem).
+		err = os.Link(tmp, out)
+		if errors.Is(err, fs.ErrExist) {
+			err = nil
+		}
 	}
+	os.Remove(tmp)
 	if err != nil {
-		os.Remove(tmp)
 		return fmt.Errorf("rootfs %q: make ext4: %w", dir, err)
 	}
 	return nil

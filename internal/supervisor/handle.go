@@ -13,7 +13,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -32,7 +31,6 @@ type Handle struct {
 	qemuPID int
 	done    chan struct{}
 	waitErr error // the supervisor's wait status, for a child
-	once    sync.Once
 }
 
 // Start re-executes the running program as the supervisor of the box
@@ -58,14 +56,20 @@ func Start(ctx context.Context, cfg Config, detach bool) (*Handle, error) {
 	if !detach {
 		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	}
-	stdout, err := cmd.StdoutPipe()
+	// Our own pipe, not cmd.StdoutPipe: Wait (in run) would close that
+	// one and could lose the supervisor's last line.
+	stdout, pw, err := os.Pipe()
 	if err != nil {
 		return nil, err
 	}
+	defer stdout.Close()
+	cmd.Stdout = pw
 	h := &Handle{dir: cfg.Machine.Dir, done: make(chan struct{})}
 	started := make(chan error, 1)
 	go h.run(cmd, started, !detach)
-	if err := <-started; err != nil {
+	err = <-started
+	pw.Close()
+	if err != nil {
 		return nil, fmt.Errorf("supervisor: %w", err)
 	}
 	h.supPID = cmd.Process.Pid
@@ -224,6 +228,11 @@ func (h *Handle) Stop(ctx context.Context) error {
 
 // Kill ends supervisor and VM at once and waits for the supervisor.
 func (h *Handle) Kill() error {
+	select {
+	case <-h.done:
+		return nil // gone: its pids may belong to others now
+	default:
+	}
 	if h.supPID > 0 {
 		_ = syscall.Kill(h.supPID, syscall.SIGKILL)
 	}
