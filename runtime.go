@@ -144,6 +144,19 @@ func (o *BoxOptions) validate() error {
 	case o.Image != "" && o.Rootfs != "":
 		return fmt.Errorf("box takes an image or a rootfs, not both: %w", ErrInvalidArgument)
 	}
+	return o.validateSettings()
+}
+
+// validateSettings checks and defaults everything but the disk's source.
+func (o *BoxOptions) validateSettings() error {
+	switch {
+	case o.CPUs < 0 || o.CPUs > 64:
+		return fmt.Errorf("cpus %d: want 1..64: %w", o.CPUs, ErrInvalidArgument)
+	case o.MemoryMiB < 0 || (o.MemoryMiB > 0 && o.MemoryMiB < 64) || o.MemoryMiB > 256<<10:
+		return fmt.Errorf("memory %d MiB: want 64..262144: %w", o.MemoryMiB, ErrInvalidArgument)
+	case o.DiskSizeGB < 0 || o.DiskSizeGB > 16<<10:
+		return fmt.Errorf("disk size %d GB: want 1..16384: %w", o.DiskSizeGB, ErrInvalidArgument)
+	}
 	for _, kv := range o.Env {
 		if !strings.Contains(kv, "=") || strings.HasPrefix(kv, "=") {
 			return fmt.Errorf("env %q: want KEY=VALUE: %w", kv, ErrInvalidArgument)

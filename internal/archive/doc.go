@@ -30,7 +30,7 @@
 //
 //	{
 //	  "format_version": 1,
-//	  "created_at": "2025-01-02T03:04:05Z",  // RFC 3339
+//	  "created_at": "2025-01-02T03:04:05Z",  // RFC 3339 (comments are not part of the format)
 //	  "box": {...},                          // box options, any JSON value
 //	  "image": "docker.io/library/alpine:3", // image reference
 //	  "members": [

@@ -139,10 +139,13 @@ func (x *extractor) readErr(what string, err error) error {
 	if x.src.err != nil {
 		return fmt.Errorf("archive %s: %w", x.path, x.src.err)
 	}
-	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+	switch {
+	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
 		return &FormatError{Path: x.path, Reason: what + ": truncated"}
+	case errors.Is(err, tar.ErrHeader):
+		return &FormatError{Path: x.path, Reason: what + ": invalid tar header"}
 	}
-	return &FormatError{Path: x.path, Reason: what, Err: err}
+	return &FormatError{Path: x.path, Reason: what + ": corrupt data", Err: err}
 }
 
 func (x *extractor) run() (Manifest, error) {
@@ -161,7 +164,6 @@ func (x *extractor) run() (Manifest, error) {
 	}
 	zr, err := zstd.NewReader(io.MultiReader(bytes.NewReader(magic), x.src),
 		zstd.WithDecoderMaxWindow(maxWindow),
-		zstd.WithDecoderMaxMemory(maxWindow),
 		zstd.WithDecoderConcurrency(2))
 	if err != nil {
 		return Manifest{}, fmt.Errorf("archive: zstd: %w", err)
@@ -213,7 +215,7 @@ func (x *extractor) next(m Manifest, seen map[string]bool) (*tar.Header, error) 
 		return nil, io.EOF
 	}
 	if err != nil {
-		return nil, x.readErr("tar", err)
+		return nil, x.readErr("tar stream", err)
 	}
 	if !ValidName(hdr.Name) {
 		return nil, x.bad("entry %q: %v", hdr.Name, errNameInvalid)
@@ -309,9 +311,6 @@ func (x *extractor) parseManifest(data []byte) (Manifest, error) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&m); err != nil {
 		return Manifest{}, x.bad("%s: %v", ManifestName, err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return Manifest{}, x.bad("%s: data after the JSON object", ManifestName)
 	}
 	if len(m.Box) == 0 {
 		return Manifest{}, x.bad("%s: no box options", ManifestName)

@@ -2,10 +2,12 @@ package archive
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -34,9 +36,11 @@ func Write(ctx context.Context, w io.Writer, box json.RawMessage, image string, 
 	if box == nil {
 		box = json.RawMessage("null")
 	}
-	if !json.Valid(box) {
-		return Manifest{}, fmt.Errorf("archive: box options are not valid JSON: %w", errdefs.ErrInvalidArgument)
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, box); err != nil {
+		return Manifest{}, fmt.Errorf("archive: box options: %w: %w", err, errdefs.ErrInvalidArgument)
 	}
+	box = compact.Bytes()
 	names := make([]string, 0, len(files))
 	for name := range files {
 		if !ValidName(name) {
@@ -61,7 +65,7 @@ func Write(ctx context.Context, w io.Writer, box json.RawMessage, image string, 
 		}
 		m.Members = append(m.Members, Member{Name: name, Size: size, SHA256: sum})
 	}
-	manifest, err := json.MarshalIndent(m, "", "  ")
+	manifest, err := json.Marshal(m)
 	if err != nil {
 		return Manifest{}, fmt.Errorf("archive: manifest: %w", err)
 	}
@@ -118,6 +122,9 @@ func writeMember(ctx context.Context, tw *tar.Writer, hdr *tar.Header, path stri
 	}
 	h := sha256.New()
 	n, err := copyHashed(ctx, tw, h, io.LimitReader(f, mem.Size+1), buf)
+	if errors.Is(err, tar.ErrWriteTooLong) {
+		return fmt.Errorf("%s grew while the archive was written", path)
+	}
 	if err != nil {
 		return err
 	}
