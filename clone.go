@@ -36,6 +36,11 @@ func (b *Box) Clone(ctx context.Context, opts CloneOptions, name string) (*Box, 
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.status == StatusRunning && b.machine == nil {
+		if err := b.attach(); err != nil { // run by another process
+			return nil, fmt.Errorf("box %s: clone: %w", b.label(), err)
+		}
+	}
 	layer, dropped, err := b.freeze(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("box %s: clone: %w", b.label(), err)

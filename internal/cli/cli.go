@@ -84,6 +84,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		newRunCmd(g), newCreateCmd(g), newStartCmd(g), newStopCmd(g), newRestartCmd(g),
 		newExecCmd(g), newPsCmd(g), newRmCmd(g), newInspectCmd(g), newLogsCmd(g),
 		newPullCmd(g), newImagesCmd(g), newRmiCmd(g), newImageCmd(g),
+		newCloneCmd(g), newExportCmd(g), newImportCmd(g),
 	)
 	root.SetArgs(args)
 	root.SetIn(stdin)
