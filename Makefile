@@ -50,6 +50,7 @@ bench: deps build rootfs test-images
 	$(GO) run ./bench -agent $(BIN)/boxlite-agent -rootfs $(ROOTFS)
 	GOBIN=$(BIN) $(GO) install github.com/google/go-containerregistry/cmd/crane@v0.22.1
 	$(GO) run ./bench -images $(TEST_IMAGES) -crane $(BIN)/crane
+	$(GO) run ./bench -clone -agent $(BIN)/boxlite-agent -rootfs $(ROOTFS)
 
 generate:
 	$(GO) generate ./...

@@ -77,15 +77,16 @@ func (b *Box) Info() BoxInfo {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	info := BoxInfo{
-		ID:        b.id,
-		Name:      b.name,
-		Status:    b.status,
-		Image:     b.opts.Image,
-		Rootfs:    b.opts.Rootfs,
-		CPUs:      b.opts.CPUs,
-		MemoryMiB: b.opts.MemoryMiB,
-		CreatedAt: b.createdAt,
-		StartedAt: b.startedAt,
+		ID:              b.id,
+		Name:            b.name,
+		Status:          b.status,
+		Image:           b.opts.Image,
+		Rootfs:          b.opts.Rootfs,
+		CPUs:            b.opts.CPUs,
+		MemoryMiB:       b.opts.MemoryMiB,
+		CreatedAt:       b.createdAt,
+		StartedAt:       b.startedAt,
+		LastFreezePause: b.lastPause,
 	}
 	if b.machine != nil && b.status == StatusRunning {
 		info.PID = b.machine.PID()

@@ -132,6 +132,9 @@ type BoxInfo struct {
 	// PID is the VMM's process id while running.
 	PID int
 	// Error tells why the box went down unexpectedly (guest panic, VMM
-	// killed); empty after a requested stop.
+	// killed), or why its last start failed; empty after a requested stop.
 	Error string
+	// LastFreezePause is how long the VM was paused by the last live
+	// Clone or Export this process made of it.
+	LastFreezePause time.Duration
 }

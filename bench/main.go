@@ -3,6 +3,7 @@
 //
 //	go run ./bench -agent bin/boxlite-agent -rootfs .cache/rootfs/busybox
 //	go run ./bench -images .cache/images -crane bin/crane   # image pipeline
+//	go run ./bench -clone                                    # clone and export
 //
 // Rows:
 //   - raw boot: QEMU started directly with the same argv (kernel,
@@ -46,7 +47,17 @@ func main() {
 	list := flag.Int("list", 100, "boxes in the home dir for the List benchmark")
 	images := flag.String("images", "", "OCI layouts of scripts/build-test-images.sh: run the image benchmark instead")
 	crane := flag.String("crane", "crane", "crane binary for the image baseline")
+	clone := flag.Bool("clone", false, "run the clone/export benchmark instead")
 	flag.Parse()
+	if *clone {
+		fmt.Println("| benchmark | n | median | p99 | ratio |")
+		fmt.Println("|---|---|---|---|---|")
+		if err := cloneBench(context.Background(), *agent, *rootfs, *accel); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *images != "" {
 		fmt.Println("| benchmark | n | median | p99 | ratio |")
 		fmt.Println("|---|---|---|---|---|")

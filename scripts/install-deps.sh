@@ -13,6 +13,7 @@ pkgs=(
   docker-registry      # a real local registry for the e2e image tests
   debootstrap          # the Debian test image (scripts/build-test-images.sh)
   util-linux           # setpriv: e2e tests run the runtime unprivileged
+  zstd                 # the export benchmark's baseline
 )
 
 missing=()

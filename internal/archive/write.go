@@ -58,11 +58,13 @@ func Write(ctx context.Context, w io.Writer, box json.RawMessage, image string, 
 		Members:       make([]Member, 0, len(names)),
 	}
 	buf := make([]byte, copyBuf)
+	mtimes := map[string]time.Time{}
 	for _, name := range names {
-		size, sum, err := hashFile(ctx, files[name], buf)
+		size, sum, mtime, err := hashFile(ctx, files[name], buf)
 		if err != nil {
 			return Manifest{}, fmt.Errorf("archive: member %q: %w", name, err)
 		}
+		mtimes[name] = mtime
 		m.Members = append(m.Members, Member{Name: name, Size: size, SHA256: sum})
 	}
 	manifest, err := json.Marshal(m)
@@ -72,14 +74,14 @@ func Write(ctx context.Context, w io.Writer, box json.RawMessage, image string, 
 	manifest = append(manifest, '\n')
 
 	zw, err := zstd.NewWriter(w,
-		zstd.WithEncoderLevel(zstd.SpeedDefault),
+		zstd.WithEncoderLevel(zstd.SpeedFastest),
 		zstd.WithEncoderConcurrency(max(2, min(4, runtime.GOMAXPROCS(0)))),
 		zstd.WithWindowSize(8<<20),
 		zstd.WithEncoderCRC(true))
 	if err != nil {
 		return Manifest{}, fmt.Errorf("archive: zstd: %w", err)
 	}
-	err = writeTar(ctx, zw, m, manifest, files, buf)
+	err = writeTar(ctx, zw, m, manifest, files, mtimes, buf)
 	if cerr := zw.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("archive: %w", cerr)
 	}
@@ -89,7 +91,7 @@ func Write(ctx context.Context, w io.Writer, box json.RawMessage, image string, 
 	return m, nil
 }
 
-func writeTar(ctx context.Context, w io.Writer, m Manifest, manifest []byte, files map[string]string, buf []byte) error {
+func writeTar(ctx context.Context, w io.Writer, m Manifest, manifest []byte, files map[string]string, mtimes map[string]time.Time, buf []byte) error {
 	tw := tar.NewWriter(w)
 	hdr := func(name string, size int64) *tar.Header {
 		return &tar.Header{Typeflag: tar.TypeReg, Name: name, Size: size, Mode: 0o644, ModTime: m.CreatedAt}
@@ -101,7 +103,7 @@ func writeTar(ctx context.Context, w io.Writer, m Manifest, manifest []byte, fil
 		return fmt.Errorf("archive: manifest: %w", err)
 	}
 	for _, mem := range m.Members {
-		if err := writeMember(ctx, tw, hdr(mem.Name, mem.Size), files[mem.Name], mem, buf); err != nil {
+		if err := writeMember(ctx, tw, hdr(mem.Name, mem.Size), files[mem.Name], mem, mtimes[mem.Name], buf); err != nil {
 			return fmt.Errorf("archive: member %q: %w", mem.Name, err)
 		}
 	}
@@ -111,7 +113,7 @@ func writeTar(ctx context.Context, w io.Writer, m Manifest, manifest []byte, fil
 	return nil
 }
 
-func writeMember(ctx context.Context, tw *tar.Writer, hdr *tar.Header, path string, mem Member, buf []byte) error {
+func writeMember(ctx context.Context, tw *tar.Writer, hdr *tar.Header, path string, mem Member, mtime time.Time, buf []byte) error {
 	f, err := openRegular(path)
 	if err != nil {
 		return err
@@ -120,33 +122,42 @@ func writeMember(ctx context.Context, tw *tar.Writer, hdr *tar.Header, path stri
 	if err := tw.WriteHeader(hdr); err != nil {
 		return err
 	}
-	h := sha256.New()
-	n, err := copyHashed(ctx, tw, h, io.LimitReader(f, mem.Size+1), buf)
+	// The hash pass already read the file: instead of hashing it again,
+	// check that its size and modification time did not move since.
+	n, err := copyHashed(ctx, tw, nopHash{}, io.LimitReader(f, mem.Size+1), buf)
 	if errors.Is(err, tar.ErrWriteTooLong) {
 		return fmt.Errorf("%s grew while the archive was written", path)
 	}
 	if err != nil {
 		return err
 	}
-	if n != mem.Size || hex.EncodeToString(h.Sum(nil)) != mem.SHA256 {
+	after, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if n != mem.Size || !after.ModTime().Equal(mtime) || after.Size() != mem.Size {
 		return fmt.Errorf("%s changed while the archive was written", path)
 	}
 	return nil
 }
 
 // hashFile returns the size and hex sha256 of the regular file at path.
-func hashFile(ctx context.Context, path string, buf []byte) (int64, string, error) {
+func hashFile(ctx context.Context, path string, buf []byte) (int64, string, time.Time, error) {
 	f, err := openRegular(path)
 	if err != nil {
-		return 0, "", err
+		return 0, "", time.Time{}, err
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, "", time.Time{}, err
+	}
 	h := sha256.New()
 	n, err := copyHashed(ctx, io.Discard, h, f, buf)
 	if err != nil {
-		return 0, "", err
+		return 0, "", time.Time{}, err
 	}
-	return n, hex.EncodeToString(h.Sum(nil)), nil
+	return n, hex.EncodeToString(h.Sum(nil)), fi.ModTime(), nil
 }
 
 func openRegular(path string) (*os.File, error) {
@@ -190,3 +201,12 @@ func copyHashed(ctx context.Context, w io.Writer, h hash.Hash, r io.Reader, buf 
 		}
 	}
 }
+
+// nopHash discards what it is given.
+type nopHash struct{}
+
+func (nopHash) Write(p []byte) (int, error) { return len(p), nil }
+func (nopHash) Sum(b []byte) []byte         { return b }
+func (nopHash) Reset()                      {}
+func (nopHash) Size() int                   { return 0 }
+func (nopHash) BlockSize() int              { return 1 }

@@ -170,9 +170,23 @@ func Overlay(ctx context.Context, backing, backingFormat, out string, sizeBytes 
 // chain) and rebases the copy onto backing in qemu-img's safe mode, which
 // pulls in every cluster the layers in between hold: the cost is the data
 // written, not the disk's size. (qemu-img convert -B would copy only the
-// top layer's clusters.) out appears only when complete.
+// top layer's clusters.) A standalone result is a plain convert. out
+// appears only when complete.
 func Flatten(ctx context.Context, src, out, backing, backingFormat string) error {
 	tmp := out + ".tmp"
+	if backing == "" {
+		// Standalone: convert walks the chain's allocation map and skips
+		// unallocated and zero clusters (a sparse base costs nothing).
+		err := run(ctx, "qemu-img", "convert", "-q", "-O", "qcow2", "-o", "cluster_size=65536", src, tmp)
+		if err == nil {
+			err = os.Rename(tmp, out)
+		}
+		if err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("flatten %q: %w", src, err)
+		}
+		return nil
+	}
 	err := copyFile(src, tmp)
 	if err == nil {
 		args := []string{"rebase", "-q", "-f", "qcow2", "-b", ""}
