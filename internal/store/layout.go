@@ -13,7 +13,7 @@ import (
 //	<home>/cache/kernel/          extracted PVH vmlinux files, by content hash
 //	<home>/cache/initramfs/       generated initramfs files, by content hash
 //	<home>/boxes/<id>/            one box: disks and logs
-//	<home>/boxes/<id>/base.ext4   the root filesystem made from a host directory
+//	<home>/layers/                shared read-only disk layers (see LayersDir)
 //	<home>/boxes/<id>/disk.qcow2  the box's writable overlay
 //	<home>/boxes/<id>/console.log the guest's serial console
 //	<home>/run/<id>/              sockets of a running box (or a short /tmp
@@ -34,7 +34,6 @@ func (l Layout) BoxesDir() string       { return filepath.Join(l.Home, "boxes") 
 func (l Layout) BoxDir(id string) string {
 	return filepath.Join(l.Home, "boxes", id)
 }
-func (l Layout) BaseDisk(id string) string   { return filepath.Join(l.BoxDir(id), "base.ext4") }
 func (l Layout) Overlay(id string) string    { return filepath.Join(l.BoxDir(id), "disk.qcow2") }
 func (l Layout) ConsoleLog(id string) string { return filepath.Join(l.BoxDir(id), "console.log") }
 
