@@ -15,6 +15,7 @@ import (
 	"github.com/boxlite-go/boxlite/internal/image"
 	"github.com/boxlite-go/boxlite/internal/initramfs"
 	"github.com/boxlite-go/boxlite/internal/kernel"
+	"github.com/boxlite-go/boxlite/internal/store"
 	"github.com/boxlite-go/boxlite/internal/supervisor"
 	"github.com/boxlite-go/boxlite/internal/vmm"
 	"github.com/boxlite-go/boxlite/internal/vmm/qemu"
@@ -115,6 +116,24 @@ func (b *Box) Start(ctx context.Context) error {
 	}
 	b.status = StatusStarting
 	b.mu.Unlock()
+
+	// Claim the start in the store, so that two processes never boot one
+	// box: the row must still say configured or stopped.
+	_, err := b.rt.db.UpdateBox(context.WithoutCancel(ctx), b.id, func(r *store.Box) error {
+		switch Status(r.Status) {
+		case StatusConfigured, StatusStopped:
+		default:
+			return fmt.Errorf("box %s: start: box is %s (in another process): %w", b.label(), r.Status, ErrInvalidState)
+		}
+		r.Status, r.PID, r.StartedAt = string(StatusStarting), 0, time.Now()
+		return nil
+	})
+	if err != nil {
+		b.mu.Lock()
+		b.status = prev
+		b.mu.Unlock()
+		return err
+	}
 
 	m, agent, runDir, err := b.boot(ctx)
 	b.mu.Lock()

@@ -123,10 +123,15 @@ func (rt *Runtime) recover(ctx context.Context) error {
 	for _, rec := range recs {
 		switch Status(rec.Status) {
 		case StatusRunning, StatusStopping, StatusPaused:
+			if qemuAlive(rec.PID, rec.ID) {
+				continue
+			}
+		case StatusStarting:
+			// A start in progress elsewhere, unless it is long overdue.
+			if time.Since(rec.StartedAt) < DefaultBootTimeout+time.Minute {
+				continue
+			}
 		default:
-			continue
-		}
-		if qemuAlive(rec.PID, rec.ID) {
 			continue
 		}
 		_, err := rt.db.UpdateBox(ctx, rec.ID, func(r *store.Box) error {

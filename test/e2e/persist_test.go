@@ -221,3 +221,48 @@ func qemuAliveByPID(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	return err == nil && len(b) > 0
 }
+
+// TestConcurrentStartsOfOneBox: two runtimes on one home dir start the
+// same box at once; exactly one boots it.
+func TestConcurrentStartsOfOneBox(t *testing.T) {
+	requireVM(t)
+	home := t.TempDir()
+	ctx := context.Background()
+	rt1 := newRuntime(t, boxlite.Options{HomeDir: home})
+	rt2 := newRuntime(t, boxlite.Options{HomeDir: home})
+	b1, err := rt1.Create(ctx, boxlite.BoxOptions{Rootfs: rootfsPath}, "contended")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2, err := rt2.Get(ctx, "contended")
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2)
+	for _, b := range []*boxlite.Box{b1, b2} {
+		go func() { errs <- b.Start(ctx) }()
+	}
+	var ok, refused int
+	for range 2 {
+		switch err := <-errs; {
+		case err == nil:
+			ok++
+		case errors.Is(err, boxlite.ErrInvalidState):
+			refused++
+		default:
+			t.Errorf("start: %v", err)
+		}
+	}
+	if ok != 1 || refused != 1 {
+		t.Fatalf("%d starts succeeded, %d refused; want 1 and 1", ok, refused)
+	}
+	for _, rt := range []*boxlite.Runtime{rt1, rt2} {
+		b, err := rt.Get(ctx, "contended")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := run(t, b, boxlite.Command{Name: "echo", Args: []string{"one"}}); r.stdout != "one\n" {
+			t.Fatalf("exec: %q", r.stdout)
+		}
+	}
+}
