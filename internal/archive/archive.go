@@ -11,14 +11,21 @@ import (
 
 // FormatVersion is the version of the format this package writes, and the
 // only one it reads.
-const FormatVersion = 1
+const FormatVersion = 2
 
 // ManifestName is the name of the first tar entry of every archive.
 const ManifestName = "manifest.json"
 
+// ChecksumsName is the name of the last tar entry of every archive: the
+// sha256 of each member, written after the members so that Write reads each
+// member once.
+const ChecksumsName = "checksums.json"
+
 const (
 	// MaxManifestSize bounds manifest.json.
 	MaxManifestSize = 1 << 20
+	// MaxChecksumsSize bounds checksums.json.
+	MaxChecksumsSize = 1 << 20
 	// MaxNameLen bounds a member name.
 	MaxNameLen = 128
 	// DefaultMaxMemberSize is the per-member limit Read applies when
@@ -35,7 +42,9 @@ const (
 	maxTrailer = 1 << 20
 )
 
-// Manifest describes an archive; it is stored as manifest.json.
+// Manifest describes an archive. It is stored as manifest.json, except for
+// each member's SHA256, which is stored in checksums.json (see the package
+// documentation); Write and Read return it whole.
 type Manifest struct {
 	// FormatVersion is FormatVersion for archives this package writes.
 	FormatVersion int `json:"format_version"`
@@ -110,10 +119,10 @@ func (e *FormatError) Unwrap() []error {
 
 // ValidName reports whether name may name a member: 1 to MaxNameLen bytes of
 // ASCII letters, digits, '.', '_' and '-', not starting with '.', and not
-// ManifestName. Such a name is a plain base name on every host: no
+// ManifestName or ChecksumsName. Such a name is a plain base name on every host: no
 // separator, no "..", never absolute.
 func ValidName(name string) bool {
-	if name == "" || len(name) > MaxNameLen || name[0] == '.' || name == ManifestName {
+	if name == "" || len(name) > MaxNameLen || name[0] == '.' || name == ManifestName || name == ChecksumsName {
 		return false
 	}
 	for i := 0; i < len(name); i++ {
@@ -138,6 +147,30 @@ func validDigest(s string) bool {
 		}
 	}
 	return true
+}
+
+// wireManifest is manifest.json: every key is required.
+type wireManifest struct {
+	FormatVersion *int            `json:"format_version"`
+	CreatedAt     *time.Time      `json:"created_at"`
+	Box           json.RawMessage `json:"box"`
+	Image         *string         `json:"image"`
+	Members       *[]wireMember   `json:"members"`
+}
+
+type wireMember struct {
+	Name string `json:"name"`
+	Size *int64 `json:"size"`
+}
+
+// wireChecksums is checksums.json.
+type wireChecksums struct {
+	Members *[]wireChecksum `json:"members"`
+}
+
+type wireChecksum struct {
+	Name   string `json:"name"`
+	SHA256 string `json:"sha256"`
 }
 
 // errNameInvalid is the reason given for a name ValidName refuses.

@@ -2,34 +2,30 @@ package archive
 
 import (
 	"archive/tar"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 )
 
 func FuzzRead(f *testing.F) {
 	data := []byte("some disk bytes\x00\x00\x00\x00 and more")
-	sum := sha256.Sum256(data)
-	man, err := json.Marshal(Manifest{
-		FormatVersion: FormatVersion, CreatedAt: time.Unix(1700000000, 0).UTC(), Box: testBox, Image: "img",
-		Members: []Member{{Name: "disk.qcow2", Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])}},
-	})
-	if err != nil {
-		f.Fatal(err)
-	}
-	good := []entry{reg(ManifestName, man), reg("disk.qcow2", data)}
+	mem := member("disk.qcow2", data)
+	other := member("other", []byte("x"))
+	man, sums := reg(ManifestName, manifestJSON(f, mem)), reg(ChecksumsName, checksumsJSON(f, mem))
+	good := []entry{man, reg("disk.qcow2", data), sums}
 	goodTar := rawTar(f, good, false)
 	f.Add(compress(f, goodTar))
 	f.Add(goodTar)
 	f.Add([]byte{})
-	f.Add(compress(f, rawTar(f, []entry{good[0], {hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "disk.qcow2", Linkname: "../x"}}}, false)))
-	f.Add(compress(f, rawTar(f, []entry{good[0], reg("../disk.qcow2", data)}, false)))
-	f.Add(compress(f, rawTar(f, []entry{good[0], good[1], good[1]}, false)))
+	f.Add(compress(f, rawTar(f, []entry{man, {hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "disk.qcow2", Linkname: "../x"}}, sums}, false)))
+	f.Add(compress(f, rawTar(f, []entry{man, reg("../disk.qcow2", data), sums}, false)))
+	f.Add(compress(f, rawTar(f, []entry{man, good[1], good[1], sums}, false)))
+	f.Add(compress(f, rawTar(f, []entry{man, good[1]}, false)))
+	f.Add(compress(f, rawTar(f, []entry{man, good[1], sums, sums}, false)))
+	f.Add(compress(f, rawTar(f, []entry{man, sums, good[1]}, false)))
+	f.Add(compress(f, rawTar(f, []entry{man, good[1], reg(ChecksumsName, checksumsJSON(f, mem, other))}, false)))
+	f.Add(compress(f, rawTar(f, []entry{reg(ManifestName, manifestJSON(f, mem, other)), good[1], reg("other", []byte("x")), reg(ChecksumsName, checksumsJSON(f, mem, other))}, false)))
 
 	f.Fuzz(func(t *testing.T, archive []byte) {
 		root := t.TempDir()

@@ -25,14 +25,17 @@ var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
 
 // Read verifies the archive at path and extracts its members into dst, an
 // existing empty directory, as files named after the members. It returns the
-// manifest once every check of the format (see the package documentation)
-// has passed and every member is written and synced.
+// manifest, each member's SHA256 filled in from checksums.json, once every
+// check of the format (see the package documentation) has passed and every
+// member is written and synced.
 //
 // Before it writes anything, Read checks the manifest: format version,
 // member names, sizes against limits and against the free space of dst's
-// file system. It then streams each member to dst, checking its tar header,
-// size and sha256, and finally the end of the archive. On any error it
-// removes the files it created, leaving dst empty. A bad archive yields a
+// file system. It then streams each member to dst, checking its tar header
+// and size and hashing it, then checks checksums.json against those hashes,
+// and finally the end of the archive. On any error it removes the files it
+// created, leaving dst empty: the sha256s are only known to match once the
+// whole archive is read. A bad archive yields a
 // *FormatError (errors.Is ErrBadArchive and errdefs.ErrInvalidArgument);
 // other errors (I/O, a full disk, ctx) are returned wrapped as they are.
 func Read(ctx context.Context, path string, dst string, limits Limits) (_ Manifest, err error) {
@@ -181,13 +184,17 @@ func (x *extractor) run() (Manifest, error) {
 	}
 	buf := make([]byte, copyBuf)
 	seen := make(map[string]bool, len(m.Members))
-	for _, mem := range m.Members {
+	sums := make([]string, len(m.Members))
+	for i, mem := range m.Members {
 		hdr, err := x.next(m, seen)
 		if err == io.EOF {
 			return Manifest{}, x.bad("member %q missing", mem.Name)
 		}
 		if err != nil {
 			return Manifest{}, err
+		}
+		if hdr.Name == ChecksumsName {
+			return Manifest{}, x.bad("member %q missing: %s comes before it", mem.Name, ChecksumsName)
 		}
 		if hdr.Name != mem.Name {
 			return Manifest{}, x.bad("member %q out of order: expected %q", hdr.Name, mem.Name)
@@ -196,19 +203,25 @@ func (x *extractor) run() (Manifest, error) {
 		if hdr.Size != mem.Size {
 			return Manifest{}, x.bad("member %q: tar header says %d bytes, manifest says %d", mem.Name, hdr.Size, mem.Size)
 		}
-		if err := x.extract(mem, buf); err != nil {
+		if sums[i], err = x.extract(mem, buf); err != nil {
 			return Manifest{}, err
 		}
 	}
-	if err := x.end(m, seen); err != nil {
+	if err := x.checksums(m, seen, sums); err != nil {
 		return Manifest{}, err
+	}
+	if err := x.end(); err != nil {
+		return Manifest{}, err
+	}
+	for i := range m.Members {
+		m.Members[i].SHA256 = sums[i]
 	}
 	return m, nil
 }
 
 // next reads the next tar header and checks it names a regular file with a
-// valid member name listed in m and not yet seen. It returns io.EOF at the
-// end of the tar stream.
+// valid member name listed in m and not yet seen, or is checksums.json. It
+// returns io.EOF at the end of the tar stream.
 func (x *extractor) next(m Manifest, seen map[string]bool) (*tar.Header, error) {
 	hdr, err := x.tar.Next()
 	if err == io.EOF {
@@ -216,6 +229,9 @@ func (x *extractor) next(m Manifest, seen map[string]bool) (*tar.Header, error) 
 	}
 	if err != nil {
 		return nil, x.readErr("tar stream", err)
+	}
+	if hdr.Name == ChecksumsName {
+		return hdr, x.checkHeader(hdr)
 	}
 	if !ValidName(hdr.Name) {
 		return nil, x.bad("entry %q: %v", hdr.Name, errNameInvalid)
@@ -303,31 +319,47 @@ func (x *extractor) parseManifest(data []byte) (Manifest, error) {
 	if version.FormatVersion == nil {
 		return Manifest{}, x.bad("%s: no format_version", ManifestName)
 	}
-	if *version.FormatVersion != FormatVersion {
-		return Manifest{}, x.bad("unsupported format version %d (this build reads version %d)", *version.FormatVersion, FormatVersion)
+	if v := *version.FormatVersion; v != FormatVersion {
+		if v == 1 {
+			return Manifest{}, x.bad("format version 1 not supported (this build reads version %d)", FormatVersion)
+		}
+		return Manifest{}, x.bad("unsupported format version %d (this build reads version %d)", v, FormatVersion)
 	}
-	var m Manifest
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&m); err != nil {
+	var w wireManifest
+	if err := decodeStrict(data, &w); err != nil {
 		return Manifest{}, x.bad("%s: %v", ManifestName, err)
 	}
-	if len(m.Box) == 0 {
+	switch {
+	case w.CreatedAt == nil:
+		return Manifest{}, x.bad("%s: no created_at", ManifestName)
+	case len(w.Box) == 0:
 		return Manifest{}, x.bad("%s: no box options", ManifestName)
+	case w.Image == nil:
+		return Manifest{}, x.bad("%s: no image", ManifestName)
+	case w.Members == nil:
+		return Manifest{}, x.bad("%s: no members", ManifestName)
 	}
-	names := make(map[string]bool, len(m.Members))
+	m := Manifest{
+		FormatVersion: *w.FormatVersion,
+		CreatedAt:     *w.CreatedAt,
+		Box:           w.Box,
+		Image:         *w.Image,
+		Members:       make([]Member, 0, len(*w.Members)),
+	}
+	names := make(map[string]bool, len(*w.Members))
 	var total int64
-	for _, mem := range m.Members {
-		if !ValidName(mem.Name) {
-			return Manifest{}, x.bad("%s: member %q: %v", ManifestName, mem.Name, errNameInvalid)
+	for _, wm := range *w.Members {
+		if !ValidName(wm.Name) {
+			return Manifest{}, x.bad("%s: member %q: %v", ManifestName, wm.Name, errNameInvalid)
 		}
-		if names[mem.Name] {
-			return Manifest{}, x.bad("%s: member %q listed twice", ManifestName, mem.Name)
+		if names[wm.Name] {
+			return Manifest{}, x.bad("%s: member %q listed twice", ManifestName, wm.Name)
 		}
-		names[mem.Name] = true
-		if !validDigest(mem.SHA256) {
-			return Manifest{}, x.bad("%s: member %q: sha256 %q is not 64 lower-case hex digits", ManifestName, mem.Name, mem.SHA256)
+		names[wm.Name] = true
+		if wm.Size == nil {
+			return Manifest{}, x.bad("%s: member %q: no size", ManifestName, wm.Name)
 		}
+		mem := Member{Name: wm.Name, Size: *wm.Size}
 		if mem.Size < 0 {
 			return Manifest{}, x.bad("%s: member %q: negative size %d", ManifestName, mem.Name, mem.Size)
 		}
@@ -338,8 +370,23 @@ func (x *extractor) parseManifest(data []byte) (Manifest, error) {
 			return Manifest{}, x.bad("members total more than the limit of %d bytes", x.limits.MaxTotalSize)
 		}
 		total += mem.Size
+		m.Members = append(m.Members, mem)
 	}
 	return m, nil
+}
+
+// decodeStrict decodes the single JSON value data holds into v, refusing
+// unknown keys.
+func decodeStrict(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("data after the JSON value")
+	}
+	return nil
 }
 
 // checkSpace refuses an archive whose members would not fit in dst's file
@@ -356,44 +403,92 @@ func (x *extractor) checkSpace(m Manifest) error {
 	return nil
 }
 
-// extract copies the current tar entry to dst/mem.Name, checking its size
-// and sha256. All-zero blocks become holes.
-func (x *extractor) extract(mem Member, buf []byte) error {
+// extract copies the current tar entry to dst/mem.Name and returns its hex
+// sha256. All-zero blocks become holes.
+func (x *extractor) extract(mem Member, buf []byte) (string, error) {
 	p := filepath.Join(x.dst, mem.Name)
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
-		return fmt.Errorf("archive: %w", err)
+		return "", fmt.Errorf("archive: %w", err)
 	}
 	x.created = append(x.created, p)
-	err = x.copyMember(f, mem, buf)
+	sum, err := x.copyMember(f, mem, buf)
 	if cerr := f.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("archive: %w", cerr)
 	}
-	return err
+	return sum, err
 }
 
-func (x *extractor) copyMember(f *os.File, mem Member, buf []byte) error {
+func (x *extractor) copyMember(f *os.File, mem Member, buf []byte) (string, error) {
 	h := sha256.New()
 	var off int64
 	for off < mem.Size {
 		k, err := io.ReadFull(x.tar, buf[:min(int64(len(buf)), mem.Size-off)])
 		if err != nil {
-			return x.readErr(fmt.Sprintf("member %q", mem.Name), err)
+			return "", x.readErr(fmt.Sprintf("member %q", mem.Name), err)
 		}
 		h.Write(buf[:k])
 		if err := writeSparse(f, buf[:k], off); err != nil {
-			return fmt.Errorf("archive: %w", err)
+			return "", fmt.Errorf("archive: %w", err)
 		}
 		off += int64(k)
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != mem.SHA256 {
-		return x.bad("member %q: sha256 mismatch (got %s, manifest says %s)", mem.Name, got, mem.SHA256)
-	}
 	if err := f.Truncate(mem.Size); err != nil {
-		return fmt.Errorf("archive: %w", err)
+		return "", fmt.Errorf("archive: %w", err)
 	}
 	if err := f.Sync(); err != nil {
-		return fmt.Errorf("archive: %w", err)
+		return "", fmt.Errorf("archive: %w", err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// checksums reads checksums.json, which must follow the last member, and
+// checks it lists exactly m's members, in order, with the sums computed
+// while extracting them.
+func (x *extractor) checksums(m Manifest, seen map[string]bool, sums []string) error {
+	hdr, err := x.next(m, seen)
+	if err == io.EOF {
+		return x.bad("%s missing", ChecksumsName)
+	}
+	if err != nil {
+		return err
+	}
+	if hdr.Name != ChecksumsName {
+		// next refuses a member seen or not listed: all are seen.
+		return x.bad("entry %q after the last member", hdr.Name)
+	}
+	if hdr.Size > MaxChecksumsSize {
+		return x.bad("%s: %d bytes, over the limit of %d", ChecksumsName, hdr.Size, MaxChecksumsSize)
+	}
+	data := make([]byte, hdr.Size)
+	if _, err := io.ReadFull(x.tar, data); err != nil {
+		return x.readErr(ChecksumsName, err)
+	}
+	var w wireChecksums
+	if err := decodeStrict(data, &w); err != nil {
+		return x.bad("%s: %v", ChecksumsName, err)
+	}
+	if w.Members == nil {
+		return x.bad("%s: no members", ChecksumsName)
+	}
+	listed := *w.Members
+	for i, mem := range m.Members {
+		if i >= len(listed) {
+			return x.bad("%s: member %q not listed", ChecksumsName, mem.Name)
+		}
+		c := listed[i]
+		if c.Name != mem.Name {
+			return x.bad("%s: lists %q where the manifest has member %q", ChecksumsName, c.Name, mem.Name)
+		}
+		if !validDigest(c.SHA256) {
+			return x.bad("%s: member %q: sha256 %q is not 64 lower-case hex digits", ChecksumsName, c.Name, c.SHA256)
+		}
+		if c.SHA256 != sums[i] {
+			return x.bad("member %q: sha256 mismatch (got %s, %s says %s)", mem.Name, sums[i], ChecksumsName, c.SHA256)
+		}
+	}
+	if len(listed) > len(m.Members) {
+		return x.bad("%s: lists %q, not a member", ChecksumsName, listed[len(m.Members)].Name)
 	}
 	return nil
 }
@@ -423,19 +518,22 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// end checks what follows the last member: the tar end-of-archive marker
+// end checks what follows checksums.json: the tar end-of-archive marker
 // (two zero blocks), at most maxTrailer zero bytes of padding, then the end
 // of the zstd stream and of the file.
-func (x *extractor) end(m Manifest, seen map[string]bool) error {
+func (x *extractor) end() error {
 	before := x.count.n
 	// tar.Reader skips the last entry's padding before the marker.
 	before += (512 - before%512) % 512
-	hdr, err := x.next(m, seen)
+	hdr, err := x.tar.Next()
 	if err == nil {
-		return x.bad("entry %q after the last member", hdr.Name)
+		if hdr.Name == ChecksumsName {
+			return x.bad("duplicate %s", ChecksumsName)
+		}
+		return x.bad("entry %q after %s", hdr.Name, ChecksumsName)
 	}
 	if err != io.EOF {
-		return err
+		return x.readErr("tar stream", err)
 	}
 	if x.count.n-before != 2*512 {
 		return x.bad("tar stream truncated: no end-of-archive marker")

@@ -31,6 +31,7 @@ type Handle struct {
 	qemuPID int
 	done    chan struct{}
 	waitErr error // the supervisor's wait status, for a child
+	err     error // why the VM ended, read when the supervisor went
 }
 
 // Start re-executes the running program as the supervisor of the box
@@ -122,6 +123,7 @@ func (h *Handle) run(cmd *exec.Cmd, started chan<- error, tie bool) {
 	}
 	started <- nil
 	h.waitErr = cmd.Wait()
+	h.err = h.readErr()
 	close(h.done)
 }
 
@@ -138,6 +140,7 @@ func Attach(dir string, qemuPID int) (*Handle, error) {
 		for locked(dir) {
 			time.Sleep(50 * time.Millisecond)
 		}
+		h.err = h.readErr()
 		close(h.done)
 	}()
 	return h, nil
@@ -193,6 +196,17 @@ func (h *Handle) Done() <-chan struct{} { return h.done }
 // Err tells why the VM ended, once Done is closed: nil after a requested
 // stop or a guest power-off.
 func (h *Handle) Err() error {
+	select {
+	case <-h.done:
+		return h.err
+	default:
+		return nil
+	}
+}
+
+// readErr reads the exit file, once the supervisor is gone: the run
+// directory may be removed right after Done closes.
+func (h *Handle) readErr() error {
 	rec, ok := readExit(h.dir)
 	switch {
 	case !ok:
