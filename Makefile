@@ -20,7 +20,7 @@ rootfs:
 # The main job: boot a box from the offline busybox root filesystem and run
 # a command in it.
 demo: deps build rootfs
-	$(BIN)/boxlite run --rootfs $(ROOTFS) -- sh -c 'echo "hello from a box: $$(uname -sr), $$(nproc) cpu"'
+	$(BIN)/boxlite run --rm --rootfs $(ROOTFS) -- sh -c 'echo "hello from a box: $$(uname -sr), $$(nproc) cpu"'
 
 vet:
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
