@@ -92,7 +92,7 @@ func Main(raw string) int {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 
-	m, agent, err := boot(cfg)
+	m, agent, err := bootWithRetry(cfg, log)
 	if err != nil {
 		log.Error("boot", "err", err)
 		writeExit(dir, err)
@@ -168,13 +168,41 @@ func recordStopped(cfg Config, qemuPID int, why error) error {
 	return err
 }
 
+// firstAttempt bounds the first boot attempt: a guest that has not
+// answered by then is treated as hung (seen, rarely, under software
+// emulation) and booted once more. Normal boots take 2-10 s under TCG.
+const firstAttempt = 45 * time.Second
+
+// errHung marks a boot attempt that ran out of time with the VM still up.
+var errHung = errors.New("guest agent did not answer")
+
+// bootWithRetry boots; a first attempt that hangs is killed and retried
+// once with the rest of the boot timeout. The hung attempt's console is
+// kept as console.log.hung for diagnosis.
+func bootWithRetry(cfg Config, log *slog.Logger) (*qemu.Machine, *client.Client, error) {
+	deadline := time.Now().Add(cfg.BootTimeout)
+	first := cfg.BootTimeout
+	if first > firstAttempt+10*time.Second {
+		first = firstAttempt
+	}
+	m, agent, err := boot(cfg, first)
+	if err == nil || !errors.Is(err, errHung) || time.Until(deadline) < 10*time.Second {
+		return m, agent, err
+	}
+	log.Warn("boot hung; retrying once", "after", first, "err", err)
+	if cfg.Machine.ConsoleLog != "" {
+		os.Rename(cfg.Machine.ConsoleLog, cfg.Machine.ConsoleLog+".hung")
+	}
+	return boot(cfg, time.Until(deadline))
+}
+
 // boot starts the VM and waits for its agent, killing the VM on failure.
-func boot(cfg Config) (*qemu.Machine, *client.Client, error) {
+func boot(cfg Config, timeout time.Duration) (*qemu.Machine, *client.Client, error) {
 	m, err := qemu.New(cfg.Machine)
 	if err != nil {
 		return nil, nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.BootTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if err := m.Start(ctx); err != nil {
 		return nil, nil, err
@@ -193,7 +221,7 @@ func boot(cfg Config) (*qemu.Machine, *client.Client, error) {
 			return nil, nil, fmt.Errorf("guest did not come up: %w", merr)
 		}
 		if ctx.Err() != nil {
-			return nil, nil, fmt.Errorf("guest agent did not answer within %s (see %s): %w", cfg.BootTimeout, cfg.Machine.ConsoleLog, err)
+			return nil, nil, fmt.Errorf("%w within %s (see %s): %w", errHung, timeout, cfg.Machine.ConsoleLog, err)
 		}
 		return nil, nil, err
 	}
