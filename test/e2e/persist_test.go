@@ -167,13 +167,7 @@ func TestDetachAndReattach(t *testing.T) {
 	if info := box.Info(); info.Status != boxlite.StatusStopped || info.Error != "" {
 		t.Fatalf("after stop: %+v", info)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for qemuAliveByPID(qemuPID) {
-		if time.Now().After(deadline) {
-			t.Fatal("QEMU survived the stop")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitQEMUGone(t, qemuPID, "the box was stopped")
 	// A third runtime agrees.
 	rt3 := newRuntime(t, boxlite.Options{HomeDir: home})
 	b3, err := rt3.Get(ctx, "victim")
@@ -191,13 +185,7 @@ func TestRecoveryAfterHostKilled(t *testing.T) {
 	cmd, qemuPID := startVictim(t, home, false)
 	cmd.Process.Kill()
 	cmd.Wait()
-	deadline := time.Now().Add(10 * time.Second)
-	for qemuAliveByPID(qemuPID) {
-		if time.Now().After(deadline) {
-			t.Fatalf("QEMU %d outlived its killed owner", qemuPID)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitQEMUGone(t, qemuPID, "its owner was killed")
 
 	rt := newRuntime(t, boxlite.Options{HomeDir: home})
 	box, err := rt.Get(context.Background(), "victim")
@@ -264,5 +252,18 @@ func TestConcurrentStartsOfOneBox(t *testing.T) {
 		if r := run(t, b, boxlite.Command{Name: "echo", Args: []string{"one"}}); r.stdout != "one\n" {
 			t.Fatalf("exec: %q", r.stdout)
 		}
+	}
+}
+
+// waitQEMUGone fails the test if QEMU process pid still runs 10 s after
+// what happened.
+func waitQEMUGone(t *testing.T, pid int, what string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for qemuAliveByPID(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("QEMU %d still runs 10 s after %s", pid, what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
