@@ -55,7 +55,8 @@ type Box struct {
 	machine    machine
 	agent      *client.Client
 	runDir     string
-	downErr    error // why the VM ended unexpectedly
+	downErr    error         // why the VM ended unexpectedly
+	ports      []PortMapping // resolved forwards of the running VM
 	stopping   bool
 	saved      bool // watch has stored the stopped state
 }
@@ -88,6 +89,17 @@ func (b *Box) Info() BoxInfo {
 		CreatedAt:       b.createdAt,
 		StartedAt:       b.startedAt,
 		LastFreezePause: b.lastPause,
+		Network:         b.opts.Network,
+		Ports:           append([]PortMapping(nil), b.opts.Ports...),
+	}
+	if b.status == StatusRunning && b.ports == nil && len(b.opts.Ports) > 0 {
+		// Run by another process: its supervisor recorded the ports.
+		if dir, err := b.rt.layout.RunDir(b.id); err == nil {
+			b.ports = readPorts(dir)
+		}
+	}
+	if b.status == StatusRunning && b.ports != nil {
+		info.Ports = append([]PortMapping(nil), b.ports...)
 	}
 	if b.machine != nil && b.status == StatusRunning {
 		info.PID = b.machine.PID()
@@ -147,6 +159,7 @@ func (b *Box) Start(ctx context.Context) error {
 	b.status = StatusRunning
 	b.startedAt = time.Now()
 	b.machine, b.agent, b.runDir = m, agent, runDir
+	b.ports = readPorts(runDir)
 	b.downErr, b.bootErr = nil, ""
 	b.stopping = false
 	b.saved = false
@@ -189,6 +202,10 @@ func (b *Box) boot(ctx context.Context) (machine, *client.Client, string, error)
 		BootTimeout: DefaultBootTimeout,
 		Home:        rt.opts.HomeDir,
 		BoxID:       b.id,
+		Network:     b.netConfig(),
+	}
+	if cfg.Network != nil && cfg.Network.Slirp && len(cfg.Network.AllowNet) > 0 {
+		return nil, nil, "", fmt.Errorf("BOXLITE_NET_BASELINE=slirp cannot enforce an allow-list: %w", ErrInvalidArgument)
 	}
 	if d, ok := ctx.Deadline(); ok && time.Until(d) < cfg.BootTimeout {
 		cfg.BootTimeout = time.Until(d)
@@ -241,7 +258,7 @@ func (b *Box) watch(m machine, agent *client.Client) {
 	}
 	b.status = StatusStopped
 	b.stoppedAt = time.Now()
-	b.machine, b.agent = nil, nil
+	b.machine, b.agent, b.ports = nil, nil, nil
 	os.RemoveAll(b.runDir)
 	b.mu.Unlock()
 	b.save(context.Background())
@@ -372,10 +389,11 @@ func (rt *Runtime) guestAssets(ctx context.Context) (vmlinux, initrd string, err
 		return "", "", err
 	}
 	initrd, err = initramfs.Build(ctx, initramfs.BuildOptions{
-		AgentPath:  agent,
-		ModulesDir: k.ModulesDir,
-		Modules:    initramfs.DefaultModules,
-		CacheDir:   rt.layout.InitramfsCache(),
+		AgentPath:   agent,
+		ModulesDir:  k.ModulesDir,
+		Modules:     initramfs.DefaultModules,
+		LateModules: initramfs.DefaultLateModules,
+		CacheDir:    rt.layout.InitramfsCache(),
 	})
 	if err != nil {
 		return "", "", err
@@ -456,11 +474,25 @@ func (b *Box) attach() error {
 		return err
 	}
 	b.machine, b.agent, b.runDir = h, agent, runDir
+	b.ports = readPorts(runDir)
 	b.saved = false
 	b.owned = false
 	b.rt.watchers.Add(1)
 	go b.watch(h, agent)
 	return nil
+}
+
+// readPorts returns the port forwards a box's supervisor resolved.
+func readPorts(runDir string) []PortMapping {
+	st, err := supervisor.ReadNetState(runDir)
+	if err != nil || len(st.Ports) == 0 {
+		return nil
+	}
+	out := make([]PortMapping, len(st.Ports))
+	for i, p := range st.Ports {
+		out[i] = portFromVnet(p)
+	}
+	return out
 }
 
 // ConsoleLogPath is the file holding the guest's serial console output

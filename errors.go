@@ -14,4 +14,7 @@ var (
 	ErrGuestPanic        = errdefs.ErrGuestPanic
 	ErrProtocol          = errdefs.ErrProtocol
 	ErrImage             = errdefs.ErrImage
+	ErrPortInUse         = errdefs.ErrPortInUse
+	ErrPermission        = errdefs.ErrPermission
+	ErrNetwork           = errdefs.ErrNetwork
 )

@@ -4,6 +4,8 @@ import (
 	"io"
 	"log/slog"
 	"time"
+
+	"github.com/boxlite-go/boxlite/internal/vnet"
 )
 
 // Defaults applied to zero values.
@@ -37,6 +39,11 @@ type Options struct {
 	ImageRegistries []Registry
 	// Logger receives diagnostics; nil discards them.
 	Logger *slog.Logger
+
+	// slirp ($BOXLITE_NET_BASELINE=slirp) gives boxes QEMU's built-in
+	// slirp instead of the user-mode network: the network benchmarks'
+	// baseline. It has no egress policy, so boxes with AllowNet refuse it.
+	slirp bool
 }
 
 // Registry is an OCI registry the runtime may pull from.
@@ -68,6 +75,87 @@ type BoxOptions struct {
 	AutoRemove bool
 	Detach     bool
 	Labels     map[string]string
+
+	// Network is NetworkEnabled (the default) or NetworkDisabled (no
+	// network card at all: only lo in the box).
+	Network NetworkMode
+	// Ports are forwarded from the host into the box.
+	Ports []PortMapping
+	// AllowNet is the egress allow-list, enforced on the host side:
+	// exact host names ("api.example.com"), wildcards ("*.example.com":
+	// names strictly below), IP addresses, CIDRs, HostAlias (the host's
+	// 127.0.0.1) and "*" (anywhere). Empty means anywhere. Host names
+	// are checked against the DNS answers the box got and against the
+	// TLS SNI / HTTP Host it sends; DNS queries for names outside the
+	// list are refused. Cloud metadata (169.254.0.0/16) is never
+	// reachable; the host's loopback only when listed explicitly (by
+	// HostAlias, an address in 127.0.0.0/8, or a listed name that
+	// resolves there).
+	AllowNet []string
+	// Hosts are static DNS answers for the box (docker's --add-host):
+	// name → IP address. An answer in the host's 127.0.0.0/16 reaches
+	// the host's loopback (see HostAlias), under AllowNet like any other.
+	Hosts map[string]string
+}
+
+// NetworkMode says whether a box has a network card.
+type NetworkMode string
+
+// Network modes.
+const (
+	NetworkEnabled  NetworkMode = ""
+	NetworkDisabled NetworkMode = "disabled"
+)
+
+// HostAlias is the name by which a box reaches the host's 127.0.0.1, when
+// its AllowNet lists it. The box sees the host's 127.0.a.b at 198.18.a.b.
+const HostAlias = "host.boxlite.internal"
+
+// PortMapping forwards a host port to a box port.
+type PortMapping struct {
+	// Protocol is "tcp" (the default) or "udp".
+	Protocol string
+	// HostIP is the host address to listen on; "" means 127.0.0.1.
+	HostIP string
+	// HostPort 0 picks a free port, reported in BoxInfo.Ports.
+	HostPort int
+	BoxPort  int
+}
+
+// String formats p as docker's -p does: HOSTIP:HOSTPORT:BOXPORT/PROTO.
+func (p PortMapping) String() string {
+	return p.toVnet().String()
+}
+
+// ParsePortMapping parses docker's -p syntax:
+// [HOSTIP:]HOSTPORT:BOXPORT[/tcp|/udp].
+func ParsePortMapping(s string) (PortMapping, error) {
+	p, err := vnet.ParsePort(s)
+	if err != nil {
+		return PortMapping{}, err
+	}
+	return portFromVnet(p), nil
+}
+
+// BoxMetrics are a running box's counters.
+type BoxMetrics struct {
+	// NetRxBytes and NetTxBytes count the bytes the box's network card
+	// received and sent (Ethernet frames).
+	NetRxBytes, NetTxBytes uint64
+}
+
+// NetEvent is one entry of a box's egress audit log.
+type NetEvent struct {
+	Time time.Time
+	// Proto is "tcp", "udp" or "dns".
+	Proto string
+	// Dst is the destination the host dialed (ip:port); "" for DNS.
+	Dst string
+	// Host is the host name involved, when known (DNS question, a name
+	// the destination was resolved from, TLS SNI or HTTP Host).
+	Host   string
+	Allow  bool
+	Reason string
 }
 
 // Command is one process to run in a box.
@@ -134,6 +222,10 @@ type BoxInfo struct {
 	// Error tells why the box went down unexpectedly (guest panic, VMM
 	// killed), or why its last start failed; empty after a requested stop.
 	Error string
+	// Network is the box's network mode; Ports its forwards, with the
+	// host ports picked for port 0 while the box runs.
+	Network NetworkMode
+	Ports   []PortMapping
 	// LastFreezePause is how long the VM was paused by the last live
 	// Clone or Export this process made of it.
 	LastFreezePause time.Duration

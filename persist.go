@@ -78,6 +78,9 @@ func (rt *Runtime) boxFromRecord(rec store.Box) (*Box, error) {
 func (b *Box) loadState(rec store.Box) {
 	b.status = Status(rec.Status)
 	b.startedAt, b.stoppedAt = rec.StartedAt, rec.StoppedAt
+	if b.foreignPID != rec.PID {
+		b.ports = nil // another VM: its ports are read afresh
+	}
 	b.foreignPID = rec.PID
 	b.downErr = nil
 	if rec.Error != "" {

@@ -63,6 +63,7 @@ func NewRuntime(opts Options) (*Runtime, error) {
 		return nil, fmt.Errorf("home dir %q: %w", opts.HomeDir, err)
 	}
 	opts.HomeDir = abs
+	opts.slirp = os.Getenv("BOXLITE_NET_BASELINE") == "slirp"
 	if opts.Accel == "" {
 		opts.Accel = os.Getenv("BOXLITE_ACCEL")
 	}
@@ -164,6 +165,9 @@ func (o *BoxOptions) validateSettings() error {
 	}
 	if o.WorkingDir != "" && !strings.HasPrefix(o.WorkingDir, "/") {
 		return fmt.Errorf("working dir %q: must be absolute: %w", o.WorkingDir, ErrInvalidArgument)
+	}
+	if err := o.validateNetwork(); err != nil {
+		return err
 	}
 	if o.CPUs == 0 {
 		o.CPUs = DefaultCPUs

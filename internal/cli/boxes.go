@@ -30,6 +30,10 @@ type boxFlags struct {
 	memory  int
 	disk    int
 	labels  []string
+	publish []string
+	network string
+	allow   []string
+	hosts   []string
 }
 
 func (f *boxFlags) register(fl *pflag.FlagSet) {
@@ -42,6 +46,10 @@ func (f *boxFlags) register(fl *pflag.FlagSet) {
 	fl.IntVarP(&f.memory, "memory", "m", 0, "memory in MiB (default 512)")
 	fl.IntVar(&f.disk, "disk", 0, "disk size in GB (default 10)")
 	fl.StringArrayVarP(&f.labels, "label", "l", nil, "set a label (KEY=VALUE)")
+	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "forward a host port: [HOSTIP:]HOSTPORT:BOXPORT[/udp] (HOSTPORT 0 picks one; HOSTIP defaults to 127.0.0.1)")
+	fl.StringVar(&f.network, "network", "", "network: \"none\" gives the box no network card")
+	fl.StringSliceVar(&f.allow, "allow-net", nil, "egress allow-list entries: host, *.domain, IP, CIDR, "+boxlite.HostAlias+", * (repeatable or comma-separated; default: anywhere)")
+	fl.StringArrayVar(&f.hosts, "add-host", nil, "static DNS answer for the box (NAME:IP)")
 }
 
 // options builds the box options; args are the positional arguments, of
@@ -66,6 +74,31 @@ func (f *boxFlags) options(args []string) (boxlite.BoxOptions, []string, error) 
 			opts.Labels = map[string]string{}
 		}
 		opts.Labels[k] = v
+	}
+	switch f.network {
+	case "", "default", "enabled":
+	case "none", "disabled":
+		opts.Network = boxlite.NetworkDisabled
+	default:
+		return opts, nil, fmt.Errorf("network %q: want none or default: %w", f.network, boxlite.ErrInvalidArgument)
+	}
+	for _, spec := range f.publish {
+		p, err := boxlite.ParsePortMapping(spec)
+		if err != nil {
+			return opts, nil, err
+		}
+		opts.Ports = append(opts.Ports, p)
+	}
+	opts.AllowNet = f.allow
+	for _, h := range f.hosts {
+		name, ip, ok := strings.Cut(h, ":")
+		if !ok || name == "" || ip == "" {
+			return opts, nil, fmt.Errorf("add-host %q: want NAME:IP: %w", h, boxlite.ErrInvalidArgument)
+		}
+		if opts.Hosts == nil {
+			opts.Hosts = map[string]string{}
+		}
+		opts.Hosts[name] = ip
 	}
 	if f.rootfs == "" {
 		if len(args) == 0 {
@@ -245,7 +278,8 @@ func newInspectCmd(g *globals) *cobra.Command {
 }
 
 func newLogsCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var netLog bool
+	cmd := &cobra.Command{
 		Use:   "logs BOX",
 		Short: "Print the console log (kernel and agent messages) of a box's latest boot",
 		Args:  cobra.ExactArgs(1),
@@ -254,6 +288,9 @@ func newLogsCmd(g *globals) *cobra.Command {
 				box, err := rt.Get(cmd.Context(), args[0])
 				if err != nil {
 					return err
+				}
+				if netLog {
+					return printNetLog(cmd, box)
 				}
 				f, err := os.Open(box.ConsoleLogPath())
 				if errors.Is(err, os.ErrNotExist) {
@@ -268,6 +305,34 @@ func newLogsCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&netLog, "net", false, "print the egress audit log instead: every connection and DNS query, allowed or denied")
+	return cmd
+}
+
+// printNetLog prints a box's egress audit log, one event per line.
+func printNetLog(cmd *cobra.Command, box *boxlite.Box) error {
+	evs, err := box.NetworkLog(cmd.Context())
+	if err != nil {
+		return err
+	}
+	w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "TIME\tPROTO\tDESTINATION\tHOST\tVERDICT\tREASON")
+	for _, e := range evs {
+		verdict := "deny"
+		if e.Allow {
+			verdict = "allow"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Time.Format(time.RFC3339Nano), e.Proto,
+			orDash(e.Dst), orDash(e.Host), verdict, e.Reason)
+	}
+	return w.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func newPsCmd(g *globals) *cobra.Command {
@@ -311,9 +376,9 @@ func newPsCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-const defaultTable = "table {{.ID}}\t{{.Name}}\t{{.Status}}\t{{source .}}\t{{.CPUs}}\t{{.MemoryMiB}}\t{{ago .CreatedAt}}"
+const defaultTable = "table {{.ID}}\t{{.Name}}\t{{.Status}}\t{{source .}}\t{{.CPUs}}\t{{.MemoryMiB}}\t{{ago .CreatedAt}}\t{{ports .}}"
 
-var tableHeader = "ID\tNAME\tSTATUS\tSOURCE\tCPUS\tMEMORY\tCREATED"
+var tableHeader = "ID\tNAME\tSTATUS\tSOURCE\tCPUS\tMEMORY\tCREATED\tPORTS"
 
 // printer writes BoxInfos in one of ps's formats.
 type printer struct {
@@ -354,6 +419,13 @@ func newPrinter(w io.Writer, format string) (*printer, error) {
 				return i.Image
 			}
 			return i.Rootfs
+		},
+		"ports": func(i boxlite.BoxInfo) string {
+			var ps []string
+			for _, p := range i.Ports {
+				ps = append(ps, p.String())
+			}
+			return strings.Join(ps, ", ")
 		},
 		"ago": func(t time.Time) string { return time.Since(t).Round(time.Second).String() + " ago" },
 		"json": func(v any) (string, error) {

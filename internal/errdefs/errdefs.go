@@ -31,4 +31,12 @@ var (
 	ErrProtocol = errors.New("agent protocol mismatch")
 	// ErrImage: the image could not be obtained or prepared.
 	ErrImage = errors.New("image error")
+	// ErrPortInUse: a host port to forward is already bound by another
+	// program.
+	ErrPortInUse = errors.New("port already in use")
+	// ErrPermission: the runtime lacks a privilege the request needs (a
+	// host port below 1024, say).
+	ErrPermission = errors.New("permission denied")
+	// ErrNetwork: the box's network could not be set up.
+	ErrNetwork = errors.New("network error")
 )

@@ -37,6 +37,12 @@ func (l Layout) BoxDir(id string) string {
 func (l Layout) Overlay(id string) string    { return filepath.Join(l.BoxDir(id), "disk.qcow2") }
 func (l Layout) ConsoleLog(id string) string { return filepath.Join(l.BoxDir(id), "console.log") }
 
+// NetAuditLog is the box's egress audit log (JSON lines; rotated to
+// NetAuditLog+".1").
+func (l Layout) NetAuditLog(id string) string {
+	return filepath.Join(l.BoxDir(id), "net-audit.jsonl")
+}
+
 // RunDir creates and returns the directory for a running box's sockets.
 // When the home path is too long for unix sockets, a directory under the
 // system temp dir named after a hash of the home and the id is used.

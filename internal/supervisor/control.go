@@ -21,16 +21,18 @@ import (
 // (mode 0700) can connect.
 
 type controlRequest struct {
-	Op      string `json:"op"`      // "snapshot"
+	Op      string `json:"op"`      // "snapshot", "netstats"
 	Overlay string `json:"overlay"` // snapshot: the new active layer
 }
 
 type controlResponse struct {
 	Paused time.Duration `json:"paused,omitempty"`
+	NetRx  uint64        `json:"netRx,omitempty"`
+	NetTx  uint64        `json:"netTx,omitempty"`
 	Error  string        `json:"error,omitempty"`
 }
 
-func serveControl(l net.Listener, m *qemu.Machine, agent *client.Client, log *slog.Logger) {
+func serveControl(l net.Listener, m *qemu.Machine, agent *client.Client, nw *network, log *slog.Logger) {
 	var mu sync.Mutex // one snapshot at a time
 	for {
 		c, err := l.Accept()
@@ -54,6 +56,8 @@ func serveControl(l net.Listener, m *qemu.Machine, agent *client.Client, log *sl
 					resp.Error = err.Error()
 				}
 				log.Info("snapshot", "overlay", req.Overlay, "paused", paused, "err", err)
+			case "netstats":
+				resp.NetRx, resp.NetTx = nw.stats()
 			default:
 				resp.Error = fmt.Sprintf("unknown op %q", req.Op)
 			}
@@ -77,24 +81,36 @@ func snapshot(m *qemu.Machine, agent *client.Client, overlay string) (time.Durat
 // is the disk's current top file) the VM's active disk layer; it returns
 // how long the VM was paused.
 func (h *Handle) SnapshotDisk(ctx context.Context, overlay string) (time.Duration, error) {
+	resp, err := h.control(ctx, controlRequest{Op: "snapshot", Overlay: overlay})
+	return resp.Paused, err
+}
+
+// NetStats returns the bytes the box's network card received and sent.
+func (h *Handle) NetStats(ctx context.Context) (rx, tx uint64, err error) {
+	resp, err := h.control(ctx, controlRequest{Op: "netstats"})
+	return resp.NetRx, resp.NetTx, err
+}
+
+// control makes one control request.
+func (h *Handle) control(ctx context.Context, req controlRequest) (controlResponse, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", filepath.Join(h.dir, ControlName))
 	if err != nil {
-		return 0, fmt.Errorf("supervisor control: %w", err)
+		return controlResponse{}, fmt.Errorf("supervisor control: %w", err)
 	}
 	defer c.Close()
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}
-	if err := json.NewEncoder(c).Encode(controlRequest{Op: "snapshot", Overlay: overlay}); err != nil {
-		return 0, err
+	if err := json.NewEncoder(c).Encode(req); err != nil {
+		return controlResponse{}, err
 	}
 	var resp controlResponse
 	if err := json.NewDecoder(c).Decode(&resp); err != nil {
-		return 0, fmt.Errorf("supervisor control: %w", err)
+		return controlResponse{}, fmt.Errorf("supervisor control: %w", err)
 	}
 	if resp.Error != "" {
-		return resp.Paused, fmt.Errorf("supervisor: %s", resp.Error)
+		return resp, fmt.Errorf("supervisor: %s", resp.Error)
 	}
-	return resp.Paused, nil
+	return resp, nil
 }

@@ -97,19 +97,30 @@ func Start(ctx context.Context, cfg Config, detach bool) (*Handle, error) {
 	}
 }
 
-// startError turns a supervisor's boot error back into a typed one.
+// startError turns a supervisor's boot error back into a typed one: the
+// supervisor prints its error's text, in which the sentinel's own text
+// tells which one it wrapped.
 func (h *Handle) startError(msg string) error {
-	rec, ok := readExit(h.dir)
-	switch {
-	case ok && rec.Panic:
+	if rec, ok := readExit(h.dir); ok && rec.Panic {
 		return fmt.Errorf("%s: %w", msg, errdefs.ErrGuestPanic)
-	case strings.Contains(msg, errdefs.ErrMissingDependency.Error()):
-		return fmt.Errorf("%s: %w", msg, errdefs.ErrMissingDependency)
-	case strings.Contains(msg, errdefs.ErrInvalidArgument.Error()):
-		return fmt.Errorf("%s: %w", msg, errdefs.ErrInvalidArgument)
+	}
+	for _, sentinel := range []error{errdefs.ErrMissingDependency, errdefs.ErrInvalidArgument,
+		errdefs.ErrPortInUse, errdefs.ErrPermission, errdefs.ErrNetwork} {
+		if strings.Contains(msg, sentinel.Error()) {
+			return remoteError{msg, sentinel}
+		}
 	}
 	return errors.New(msg)
 }
+
+// remoteError is an error that crossed the process boundary as text.
+type remoteError struct {
+	msg  string
+	kind error
+}
+
+func (e remoteError) Error() string { return e.msg }
+func (e remoteError) Unwrap() error { return e.kind }
 
 // run starts the supervisor from a locked thread (Pdeathsig fires when the
 // starting thread ends) and reaps it.

@@ -28,6 +28,10 @@ func (p *proxy) Shutdown(ctx context.Context, r *pb.ShutdownRequest) (*pb.Shutdo
 	return p.up.Shutdown(ctx, r)
 }
 
+func (p *proxy) ConfigureNetwork(ctx context.Context, r *pb.NetworkConfig) (*pb.NetworkStatus, error) {
+	return p.up.ConfigureNetwork(ctx, r)
+}
+
 // Exec pumps the client's messages up and the guest's answers down; the
 // upstream stream lives as long as the client's.
 func (p *proxy) Exec(down grpc.BidiStreamingServer[pb.ExecInput, pb.ExecOutput]) error {

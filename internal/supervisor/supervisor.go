@@ -48,6 +48,9 @@ type Config struct {
 	// supervisor marks stopped when the VM ends (its parent may be gone).
 	Home  string `json:"home"`
 	BoxID string `json:"boxID"`
+	// Network, when set, gives the box a network card on a user-mode
+	// network the supervisor runs; nil: no network card.
+	Network *NetConfig `json:"network,omitempty"`
 }
 
 // exitRecord is the exit file's content.
@@ -92,12 +95,32 @@ func Main(raw string) int {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 
+	var nw *network
+	if cfg.Network != nil {
+		if nw, err = startNetwork(&cfg, log); err != nil {
+			log.Error("network", "err", err)
+			writeExit(dir, err)
+			fmt.Printf("error %v\n", err)
+			return 1
+		}
+		defer nw.close()
+	}
+
 	m, agent, err := bootWithRetry(cfg, log)
 	if err != nil {
 		log.Error("boot", "err", err)
 		writeExit(dir, err)
 		fmt.Printf("error %v\n", err)
 		return 1
+	}
+	if nw != nil {
+		if err := nw.configure(cfg, agent); err != nil {
+			log.Error("network", "err", err)
+			_ = m.Kill()
+			writeExit(dir, err)
+			fmt.Printf("error %v\n", err)
+			return 1
+		}
 	}
 	os.Remove(filepath.Join(dir, SocketName))
 	l, err := net.Listen("unix", filepath.Join(dir, SocketName))
@@ -119,7 +142,7 @@ func Main(raw string) int {
 		return 1
 	}
 	defer ctl.Close()
-	go serveControl(ctl, m, agent, log)
+	go serveControl(ctl, m, agent, nw, log)
 	fmt.Printf("ready %d\n", m.PID())
 	os.Stdout.Close()
 	log.Info("box up", "qemu", m.PID())

@@ -19,6 +19,22 @@ type Disk struct {
 	ReadOnly bool
 }
 
+// NIC is the guest's network card. The backend connects it to a user-mode
+// network listening on a unix stream socket (QEMU's -netdev stream), or,
+// for measurements only, to QEMU's built-in slirp.
+type NIC struct {
+	// Socket is the unix stream socket of the user-mode network; QEMU
+	// connects to it, so it must be listening before Start.
+	Socket string `json:"socket,omitempty"`
+	// MAC is the card's hardware address.
+	MAC string `json:"mac"`
+	// Slirp uses QEMU's built-in user networking instead of Socket, with
+	// HostForwards as its hostfwd rules ("tcp:127.0.0.1:8080-:80"). It is
+	// the benchmarks' baseline, not a product feature.
+	Slirp        bool     `json:"slirp,omitempty"`
+	HostForwards []string `json:"hostForwards,omitempty"`
+}
+
 // Config describes one machine. Zero values mean the documented defaults.
 type Config struct {
 	// Name identifies the machine in logs and process listings.
@@ -36,6 +52,8 @@ type Config struct {
 	CPUs      int
 	MemoryMiB int
 	Disks     []Disk
+	// NIC, when set, gives the guest a network card; nil: no NIC at all.
+	NIC *NIC
 	// ConsoleLog receives the guest's serial console, truncated at each
 	// start; "" means console.log in Dir. Kernel panics are recognised
 	// there.

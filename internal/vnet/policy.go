@@ -167,8 +167,9 @@ func (p *Policy) nameRule(name string) string {
 //     255.255.255.255, and Internal ("internal").
 //  2. The host's loopback (127.0.0.0/8, ::1) only when an entry names
 //     it: an address or prefix inside 127.0.0.0/8 (not 0.0.0.0/0, not
-//     "*"), ::1, host.boxlite.internal for 127.0.0.1, or a name rule
-//     matching one of names. Else denied: "loopback".
+//     "*"), ::1, host.boxlite.internal for 127.0.0.1, or an exact name
+//     rule matching one of names (not a wildcard: whoever runs DNS for a
+//     domain could point its names at the host). Else denied: "loopback".
 //  3. An open policy allows the rest.
 //  4. An address or prefix entry containing dst allows it.
 //  5. A name rule matching one of names allows it, with ByName set.
@@ -196,7 +197,7 @@ func (p *Policy) Decide(dst netip.Addr, names []string) Verdict {
 		if p.hostAlias && dst == hostAddr {
 			return Verdict{Allow: true, Reason: "rule " + hostAliasName}
 		}
-		if rule := p.namesRule(names); rule != "" {
+		if rule := p.namesRule(names); rule != "" && !strings.HasPrefix(rule, "*") {
 			return Verdict{Allow: true, ByName: rule, Reason: "rule " + rule}
 		}
 		return Verdict{Reason: "loopback"}

@@ -198,7 +198,7 @@ func TestDecide(t *testing.T) {
 		{"host alias only .1", []string{"host.boxlite.internal"}, "127.0.0.2", nil, Verdict{Reason: "loopback"}},
 		{"host alias not v6", []string{"host.boxlite.internal"}, "::1", nil, Verdict{Reason: "loopback"}},
 		{"loopback by name", []string{"*", "dev.local.test"}, "127.0.0.1", []string{"dev.local.test"}, Verdict{Allow: true, ByName: "dev.local.test", Reason: "rule dev.local.test"}},
-		{"loopback by wildcard", []string{"*.local.test"}, "127.0.0.5", []string{"a.local.test"}, Verdict{Allow: true, ByName: "*.local.test", Reason: "rule *.local.test"}},
+		{"loopback not by wildcard", []string{"*.local.test"}, "127.0.0.5", []string{"a.local.test"}, Verdict{Reason: "loopback"}},
 		{"loopback name not listed", []string{"*"}, "127.0.0.1", []string{"localhost"}, Verdict{Reason: "loopback"}},
 
 		// Open.

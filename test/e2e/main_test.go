@@ -187,6 +187,9 @@ func shutdownShared() {
 	if shared.home != "" {
 		os.RemoveAll(shared.home)
 	}
+	if netRootfs.dir != "" {
+		os.RemoveAll(filepath.Dir(netRootfs.dir))
+	}
 }
 
 // qemuRunning reports whether a QEMU process of the box with this id lives.

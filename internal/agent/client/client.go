@@ -93,6 +93,16 @@ func (c *Client) Shutdown(ctx context.Context) error {
 	return mapError(err)
 }
 
+// ConfigureNetwork has the guest bring its NIC up as cfg says; it returns
+// the interface's name.
+func (c *Client) ConfigureNetwork(ctx context.Context, cfg *proto.NetworkConfig) (string, error) {
+	st, err := c.api.ConfigureNetwork(ctx, cfg)
+	if err != nil {
+		return "", mapError(err)
+	}
+	return st.GetInterface(), nil
+}
+
 // Ping performs a Hello round trip.
 func (c *Client) Ping(ctx context.Context) error {
 	_, err := c.api.Hello(ctx, &proto.HelloRequest{ProtocolVersion: proto.ProtocolVersion})

@@ -76,6 +76,9 @@ func Main() {
 		log.Error("init: mount", "err", err)
 	}
 	late := loadModules(log)
+	if err := loopbackUp(); err != nil {
+		log.Error("init: loopback up", "err", err)
+	}
 	cmdline, _ := os.ReadFile("/proc/cmdline")
 	params := parseCmdline(string(cmdline))
 	if err := unix.Sethostname([]byte(params.hostname)); err != nil {

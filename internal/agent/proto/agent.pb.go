@@ -817,6 +817,126 @@ func (*ShutdownResponse) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
+type NetworkConfig struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Address       string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"` // CIDR, e.g. 192.168.127.2/24
+	Gateway       string                 `protobuf:"bytes,2,opt,name=gateway,proto3" json:"gateway,omitempty"` // default route and DNS server
+	Mtu           uint32                 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`        // 0: the driver's default
+	Mac           string                 `protobuf:"bytes,4,opt,name=mac,proto3" json:"mac,omitempty"`         // the NIC to configure, by hardware address
+	Nameservers   []string               `protobuf:"bytes,5,rep,name=nameservers,proto3" json:"nameservers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkConfig) Reset() {
+	*x = NetworkConfig{}
+	mi := &file_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkConfig) ProtoMessage() {}
+
+func (x *NetworkConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkConfig.ProtoReflect.Descriptor instead.
+func (*NetworkConfig) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *NetworkConfig) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *NetworkConfig) GetGateway() string {
+	if x != nil {
+		return x.Gateway
+	}
+	return ""
+}
+
+func (x *NetworkConfig) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
+	}
+	return 0
+}
+
+func (x *NetworkConfig) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *NetworkConfig) GetNameservers() []string {
+	if x != nil {
+		return x.Nameservers
+	}
+	return nil
+}
+
+type NetworkStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Interface     string                 `protobuf:"bytes,1,opt,name=interface,proto3" json:"interface,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkStatus) Reset() {
+	*x = NetworkStatus{}
+	mi := &file_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkStatus) ProtoMessage() {}
+
+func (x *NetworkStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkStatus.ProtoReflect.Descriptor instead.
+func (*NetworkStatus) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *NetworkStatus) GetInterface() string {
+	if x != nil {
+		return x.Interface
+	}
+	return ""
+}
+
 var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
@@ -872,12 +992,21 @@ const file_agent_proto_rawDesc = "" +
 	"\fSyncResponse\")\n" +
 	"\x0fShutdownRequest\x12\x16\n" +
 	"\x06reboot\x18\x01 \x01(\bR\x06reboot\"\x12\n" +
-	"\x10ShutdownResponse2\xb2\x02\n" +
+	"\x10ShutdownResponse\"\x89\x01\n" +
+	"\rNetworkConfig\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x18\n" +
+	"\agateway\x18\x02 \x01(\tR\agateway\x12\x10\n" +
+	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x12\x10\n" +
+	"\x03mac\x18\x04 \x01(\tR\x03mac\x12 \n" +
+	"\vnameservers\x18\x05 \x03(\tR\vnameservers\"-\n" +
+	"\rNetworkStatus\x12\x1c\n" +
+	"\tinterface\x18\x01 \x01(\tR\tinterface2\x88\x03\n" +
 	"\x05Agent\x12H\n" +
 	"\x05Hello\x12\x1e.boxlite.agent.v1.HelloRequest\x1a\x1f.boxlite.agent.v1.HelloResponse\x12E\n" +
 	"\x04Exec\x12\x1b.boxlite.agent.v1.ExecInput\x1a\x1c.boxlite.agent.v1.ExecOutput(\x010\x01\x12E\n" +
 	"\x04Sync\x12\x1d.boxlite.agent.v1.SyncRequest\x1a\x1e.boxlite.agent.v1.SyncResponse\x12Q\n" +
-	"\bShutdown\x12!.boxlite.agent.v1.ShutdownRequest\x1a\".boxlite.agent.v1.ShutdownResponseB:Z8github.com/boxlite-go/boxlite/internal/agent/proto;protob\x06proto3"
+	"\bShutdown\x12!.boxlite.agent.v1.ShutdownRequest\x1a\".boxlite.agent.v1.ShutdownResponse\x12T\n" +
+	"\x10ConfigureNetwork\x12\x1f.boxlite.agent.v1.NetworkConfig\x1a\x1f.boxlite.agent.v1.NetworkStatusB:Z8github.com/boxlite-go/boxlite/internal/agent/proto;protob\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -891,7 +1020,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 	return file_agent_proto_rawDescData
 }
 
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_agent_proto_goTypes = []any{
 	(*HelloRequest)(nil),     // 0: boxlite.agent.v1.HelloRequest
 	(*HelloResponse)(nil),    // 1: boxlite.agent.v1.HelloResponse
@@ -905,6 +1034,8 @@ var file_agent_proto_goTypes = []any{
 	(*SyncResponse)(nil),     // 9: boxlite.agent.v1.SyncResponse
 	(*ShutdownRequest)(nil),  // 10: boxlite.agent.v1.ShutdownRequest
 	(*ShutdownResponse)(nil), // 11: boxlite.agent.v1.ShutdownResponse
+	(*NetworkConfig)(nil),    // 12: boxlite.agent.v1.NetworkConfig
+	(*NetworkStatus)(nil),    // 13: boxlite.agent.v1.NetworkStatus
 }
 var file_agent_proto_depIdxs = []int32{
 	2,  // 0: boxlite.agent.v1.ExecInput.start:type_name -> boxlite.agent.v1.ExecStart
@@ -915,12 +1046,14 @@ var file_agent_proto_depIdxs = []int32{
 	4,  // 5: boxlite.agent.v1.Agent.Exec:input_type -> boxlite.agent.v1.ExecInput
 	8,  // 6: boxlite.agent.v1.Agent.Sync:input_type -> boxlite.agent.v1.SyncRequest
 	10, // 7: boxlite.agent.v1.Agent.Shutdown:input_type -> boxlite.agent.v1.ShutdownRequest
-	1,  // 8: boxlite.agent.v1.Agent.Hello:output_type -> boxlite.agent.v1.HelloResponse
-	7,  // 9: boxlite.agent.v1.Agent.Exec:output_type -> boxlite.agent.v1.ExecOutput
-	9,  // 10: boxlite.agent.v1.Agent.Sync:output_type -> boxlite.agent.v1.SyncResponse
-	11, // 11: boxlite.agent.v1.Agent.Shutdown:output_type -> boxlite.agent.v1.ShutdownResponse
-	8,  // [8:12] is the sub-list for method output_type
-	4,  // [4:8] is the sub-list for method input_type
+	12, // 8: boxlite.agent.v1.Agent.ConfigureNetwork:input_type -> boxlite.agent.v1.NetworkConfig
+	1,  // 9: boxlite.agent.v1.Agent.Hello:output_type -> boxlite.agent.v1.HelloResponse
+	7,  // 10: boxlite.agent.v1.Agent.Exec:output_type -> boxlite.agent.v1.ExecOutput
+	9,  // 11: boxlite.agent.v1.Agent.Sync:output_type -> boxlite.agent.v1.SyncResponse
+	11, // 12: boxlite.agent.v1.Agent.Shutdown:output_type -> boxlite.agent.v1.ShutdownResponse
+	13, // 13: boxlite.agent.v1.Agent.ConfigureNetwork:output_type -> boxlite.agent.v1.NetworkStatus
+	9,  // [9:14] is the sub-list for method output_type
+	4,  // [4:9] is the sub-list for method input_type
 	4,  // [4:4] is the sub-list for extension type_name
 	4,  // [4:4] is the sub-list for extension extendee
 	0,  // [0:4] is the sub-list for field type_name
@@ -950,7 +1083,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,10 +27,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Agent_Hello_FullMethodName    = "/boxlite.agent.v1.Agent/Hello"
-	Agent_Exec_FullMethodName     = "/boxlite.agent.v1.Agent/Exec"
-	Agent_Sync_FullMethodName     = "/boxlite.agent.v1.Agent/Sync"
-	Agent_Shutdown_FullMethodName = "/boxlite.agent.v1.Agent/Shutdown"
+	Agent_Hello_FullMethodName            = "/boxlite.agent.v1.Agent/Hello"
+	Agent_Exec_FullMethodName             = "/boxlite.agent.v1.Agent/Exec"
+	Agent_Sync_FullMethodName             = "/boxlite.agent.v1.Agent/Sync"
+	Agent_Shutdown_FullMethodName         = "/boxlite.agent.v1.Agent/Shutdown"
+	Agent_ConfigureNetwork_FullMethodName = "/boxlite.agent.v1.Agent/ConfigureNetwork"
 )
 
 // AgentClient is the client API for Agent service.
@@ -50,6 +51,10 @@ type AgentClient interface {
 	Sync(ctx context.Context, in *SyncRequest, opts ...grpc.CallOption) (*SyncResponse, error)
 	// Shutdown syncs, unmounts and powers the guest off.
 	Shutdown(ctx context.Context, in *ShutdownRequest, opts ...grpc.CallOption) (*ShutdownResponse, error)
+	// ConfigureNetwork waits for the NIC driver, brings the interface up with
+	// a static address and default route, and writes the box's
+	// /etc/resolv.conf. An error means the box has no working network.
+	ConfigureNetwork(ctx context.Context, in *NetworkConfig, opts ...grpc.CallOption) (*NetworkStatus, error)
 }
 
 type agentClient struct {
@@ -103,6 +108,16 @@ func (c *agentClient) Shutdown(ctx context.Context, in *ShutdownRequest, opts ..
 	return out, nil
 }
 
+func (c *agentClient) ConfigureNetwork(ctx context.Context, in *NetworkConfig, opts ...grpc.CallOption) (*NetworkStatus, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NetworkStatus)
+	err := c.cc.Invoke(ctx, Agent_ConfigureNetwork_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServer is the server API for Agent service.
 // All implementations must embed UnimplementedAgentServer
 // for forward compatibility.
@@ -120,6 +135,10 @@ type AgentServer interface {
 	Sync(context.Context, *SyncRequest) (*SyncResponse, error)
 	// Shutdown syncs, unmounts and powers the guest off.
 	Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error)
+	// ConfigureNetwork waits for the NIC driver, brings the interface up with
+	// a static address and default route, and writes the box's
+	// /etc/resolv.conf. An error means the box has no working network.
+	ConfigureNetwork(context.Context, *NetworkConfig) (*NetworkStatus, error)
 	mustEmbedUnimplementedAgentServer()
 }
 
@@ -141,6 +160,9 @@ func (UnimplementedAgentServer) Sync(context.Context, *SyncRequest) (*SyncRespon
 }
 func (UnimplementedAgentServer) Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Shutdown not implemented")
+}
+func (UnimplementedAgentServer) ConfigureNetwork(context.Context, *NetworkConfig) (*NetworkStatus, error) {
+	return nil, status.Error(codes.Unimplemented, "method ConfigureNetwork not implemented")
 }
 func (UnimplementedAgentServer) mustEmbedUnimplementedAgentServer() {}
 func (UnimplementedAgentServer) testEmbeddedByValue()               {}
@@ -224,6 +246,24 @@ func _Agent_Shutdown_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Agent_ConfigureNetwork_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(NetworkConfig)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).ConfigureNetwork(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_ConfigureNetwork_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).ConfigureNetwork(ctx, req.(*NetworkConfig))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Agent_ServiceDesc is the grpc.ServiceDesc for Agent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -242,6 +282,10 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Shutdown",
 			Handler:    _Agent_Shutdown_Handler,
+		},
+		{
+			MethodName: "ConfigureNetwork",
+			Handler:    _Agent_ConfigureNetwork_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

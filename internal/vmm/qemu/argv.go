@@ -61,6 +61,8 @@ type Params struct {
 	// carries its node name (vda, vdb, ...) as its serial number. An
 	// empty Format means raw.
 	Disks []vmm.Disk
+	// NIC, when set, becomes a virtio-net device.
+	NIC *vmm.NIC
 	// QMPSocket and AgentSocket are unix socket paths QEMU listens on.
 	QMPSocket   string
 	AgentSocket string
@@ -154,6 +156,20 @@ func Argv(p Params) []string {
 		argv = append(argv,
 			"-blockdev", blockdev,
 			"-device", fmt.Sprintf("%s,drive=%s,id=%s,serial=%s", virtio("virtio-blk"), node, node, node),
+		)
+	}
+
+	if n := p.NIC; n != nil {
+		netdev := "stream,id=net0,server=off,addr.type=unix,addr.path=" + optValue(n.Socket)
+		if n.Slirp {
+			netdev = "user,id=net0,ipv6=off"
+			for _, f := range n.HostForwards {
+				netdev += ",hostfwd=" + optValue(f)
+			}
+		}
+		argv = append(argv,
+			"-netdev", netdev,
+			"-device", virtio("virtio-net")+",netdev=net0,mac="+optValue(n.MAC),
 		)
 	}
 

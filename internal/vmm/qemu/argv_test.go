@@ -38,6 +38,12 @@ func TestArgvGolden(t *testing.T) {
 		{Path: "/layers/base,1.ext4", Format: "raw", ReadOnly: true},
 		{Path: "/boxes/box-1/disk.qcow2", Format: "qcow2"},
 	}
+	withNIC := base(MachineMicrovm, "tcg,thread=multi", 2100000)
+	withNIC.NIC = &vmm.NIC{Socket: "/run/b/box-1/net.sock", MAC: "5a:94:ef:e4:0c:ee"}
+	q35NIC := base(MachineQ35, "kvm", 0)
+	q35NIC.NIC = withNIC.NIC
+	slirp := base(MachineMicrovm, "tcg,thread=multi", 2100000)
+	slirp.NIC = &vmm.NIC{Slirp: true, MAC: "5a:94:ef:e4:0c:ee", HostForwards: []string{"tcp:127.0.0.1:8080-:80", "udp:127.0.0.1:5353-:53"}}
 	noConsole := base(MachineMicrovm, "kvm", 0)
 	noConsole.ConsoleLog = ""
 	noConsole.Name = ""
@@ -52,6 +58,9 @@ func TestArgvGolden(t *testing.T) {
 		{"q35_kvm", base(MachineQ35, "kvm", 0)},
 		{"two_disks_one_read_only", twoDisks},
 		{"no_console_no_name", noConsole},
+		{"microvm_nic", withNIC},
+		{"q35_nic", q35NIC},
+		{"microvm_slirp", slirp},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -158,6 +158,7 @@ func New(cfg vmm.Config) (*Machine, error) {
 		Kernel:      cfg.Kernel,
 		Initrd:      cfg.Initrd,
 		Disks:       cfg.Disks,
+		NIC:         cfg.NIC,
 		QMPSocket:   filepath.Join(cfg.Dir, QMPSocketName),
 		AgentSocket: filepath.Join(cfg.Dir, AgentSocketName),
 		ConsoleLog:  cfg.ConsoleLog,
