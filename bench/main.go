@@ -48,7 +48,18 @@ func main() {
 	images := flag.String("images", "", "OCI layouts of scripts/build-test-images.sh: run the image benchmark instead")
 	crane := flag.String("crane", "crane", "crane binary for the image baseline")
 	clone := flag.Bool("clone", false, "run the clone/export benchmark instead")
+	netb := flag.Bool("net", false, "run the network benchmark (against QEMU's slirp) instead")
+	netMiB := flag.Int("net-mib", 64, "MiB per throughput transfer")
 	flag.Parse()
+	if *netb {
+		fmt.Println("| benchmark | n | median | baseline | ratio |")
+		fmt.Println("|---|---|---|---|---|")
+		if err := netBench(context.Background(), *agent, *rootfs, *accel, *netMiB, 5, 50); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *clone {
 		fmt.Println("| benchmark | n | median | p99 | ratio |")
 		fmt.Println("|---|---|---|---|---|")

@@ -54,7 +54,7 @@ const (
 )
 
 // MTU of the box's link.
-const MTU = 1500
+const MTU = 65520
 
 // nicID is the stack's only NIC.
 const nicID = 1
@@ -160,6 +160,10 @@ func newStack(ep stack.LinkEndpoint) (*stack.Stack, error) {
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
 	})
+	sack := tcpip.TCPSACKEnabled(true)
+	s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack)
+	moderate := tcpip.TCPModerateReceiveBufferOption(true)
+	s.SetTransportProtocolOption(tcp.ProtocolNumber, &moderate)
 	if err := s.CreateNIC(nicID, ep); err != nil {
 		return nil, fmt.Errorf("network: nic: %s", err)
 	}
