@@ -414,4 +414,31 @@ func TestNetworkBadInput(t *testing.T) {
 	if st := box.Info().Status; st == boxlite.StatusRunning || qemuRunning(box.ID()) {
 		t.Fatalf("box with a taken port: status %s, qemu running %v", st, qemuRunning(box.ID()))
 	}
+
+	// A guest whose network cannot be set up (here: its /etc, where
+	// resolv.conf goes, is a file) does not report running.
+	broken := filepath.Join(t.TempDir(), "rootfs")
+	if out, err := exec.Command("cp", "-a", rootfsPath, broken).CombinedOutput(); err != nil {
+		t.Fatalf("copy rootfs: %v: %s", err, out)
+	}
+	if err := os.RemoveAll(filepath.Join(broken, "etc")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(broken, "etc"), []byte("not a directory\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	box, err = rt.Create(ctx, boxlite.BoxOptions{Rootfs: broken}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = box.Start(ctx)
+	if !errors.Is(err, boxlite.ErrNetwork) {
+		t.Fatalf("start with a broken guest network: %v, want ErrNetwork", err)
+	}
+	if st := box.Info().Status; st == boxlite.StatusRunning {
+		t.Fatalf("box whose network failed reports %s", st)
+	}
+	if qemuRunning(box.ID()) {
+		t.Fatal("the QEMU of a box whose network failed still runs")
+	}
 }
