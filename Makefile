@@ -51,6 +51,7 @@ bench: deps build rootfs test-images
 	GOBIN=$(BIN) $(GO) install github.com/google/go-containerregistry/cmd/crane@v0.22.1
 	$(GO) run ./bench -images $(TEST_IMAGES) -crane $(BIN)/crane
 	$(GO) run ./bench -clone -agent $(BIN)/boxlite-agent -rootfs $(ROOTFS)
+	$(GO) run ./bench -net -net-mib 32 -agent $(BIN)/boxlite-agent -rootfs $(ROOTFS)
 
 generate:
 	$(GO) generate ./...

@@ -49,7 +49,7 @@ func main() {
 	crane := flag.String("crane", "crane", "crane binary for the image baseline")
 	clone := flag.Bool("clone", false, "run the clone/export benchmark instead")
 	netb := flag.Bool("net", false, "run the network benchmark (against QEMU's slirp) instead")
-	netMiB := flag.Int("net-mib", 64, "MiB per throughput transfer")
+	netMiB := flag.Int("net-mib", 32, "MiB per throughput transfer")
 	flag.Parse()
 	if *netb {
 		fmt.Println("| benchmark | n | median | baseline | ratio |")
