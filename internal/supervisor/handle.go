@@ -104,12 +104,32 @@ func (h *Handle) startError(msg string) error {
 	case ok && rec.Panic:
 		return fmt.Errorf("%s: %w", msg, errdefs.ErrGuestPanic)
 	case strings.Contains(msg, errdefs.ErrMissingDependency.Error()):
-		return fmt.Errorf("%s: %w", msg, errdefs.ErrMissingDependency)
+		return typed(msg, errdefs.ErrMissingDependency)
 	case strings.Contains(msg, errdefs.ErrInvalidArgument.Error()):
-		return fmt.Errorf("%s: %w", msg, errdefs.ErrInvalidArgument)
+		return typed(msg, errdefs.ErrInvalidArgument)
+	case strings.Contains(msg, errdefs.ErrUnknownUser.Error()):
+		return typed(msg, errdefs.ErrUnknownUser)
+	case strings.HasPrefix(msg, "main process") && strings.Contains(msg, errdefs.ErrNotFound.Error()):
+		return typed(msg, errdefs.ErrNotFound) // its working directory
 	}
 	return errors.New(msg)
 }
+
+// typed is msg matching sentinel, which it names already or gets appended.
+func typed(msg string, sentinel error) error {
+	if strings.HasSuffix(msg, sentinel.Error()) {
+		return typedError{msg, sentinel}
+	}
+	return fmt.Errorf("%s: %w", msg, sentinel)
+}
+
+type typedError struct {
+	msg      string
+	sentinel error
+}
+
+func (e typedError) Error() string { return e.msg }
+func (e typedError) Unwrap() error { return e.sentinel }
 
 // run starts the supervisor from a locked thread (Pdeathsig fires when the
 // starting thread ends) and reaps it.

@@ -48,6 +48,9 @@ type Config struct {
 	// supervisor marks stopped when the VM ends (its parent may be gone).
 	Home  string `json:"home"`
 	BoxID string `json:"boxID"`
+	// Main, when set, is started right after boot; the box stops when it
+	// ends.
+	Main *MainProcess `json:"main,omitempty"`
 }
 
 // exitRecord is the exit file's content.
@@ -99,6 +102,19 @@ func Main(raw string) int {
 		fmt.Printf("error %v\n", err)
 		return 1
 	}
+	var mr *mainRun
+	if cfg.Main != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		mr, err = startMain(ctx, agent, cfg.Main, log)
+		cancel()
+		if err != nil {
+			log.Error("boot", "err", err)
+			stop(m, agent)
+			writeExit(dir, err)
+			fmt.Printf("error %v\n", err)
+			return 1
+		}
+	}
 	os.Remove(filepath.Join(dir, SocketName))
 	l, err := net.Listen("unix", filepath.Join(dir, SocketName))
 	if err != nil {
@@ -108,7 +124,8 @@ func Main(raw string) int {
 		return 1
 	}
 	srv := grpc.NewServer()
-	pb.RegisterAgentServer(srv, &proxy{up: agent.API()})
+	px := newProxy(agent.API(), mr)
+	pb.RegisterAgentServer(srv, px)
 	go srv.Serve(l)
 	os.Remove(filepath.Join(dir, ControlName))
 	ctl, err := net.Listen("unix", filepath.Join(dir, ControlName))
@@ -128,11 +145,29 @@ func Main(raw string) int {
 	case <-m.Done():
 	case sig := <-sigs:
 		log.Info("stopping", "signal", sig)
+		mr.terminate(mainStopGrace)
+		stop(m, agent)
+	case <-mr.ended():
+		// The box ends with its main process, once the process that
+		// started it has connected (else its Start could find the box
+		// gone before it returns).
+		select {
+		case <-px.greeted:
+		case <-m.Done():
+		case <-time.After(10 * time.Second):
+		}
+		log.Info("main process ended: stopping the box")
 		stop(m, agent)
 	}
 	<-m.Done()
 	srv.Stop()
 	agent.Close()
+	if mr != nil {
+		select { // the end of a main process the box stopped under
+		case <-mr.done:
+		case <-time.After(5 * time.Second):
+		}
+	}
 	writeExit(dir, m.Err())
 	if err := recordStopped(cfg, m.PID(), m.Err()); err != nil {
 		log.Error("record stop", "err", err)
