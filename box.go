@@ -99,6 +99,7 @@ func (b *Box) Info() BoxInfo {
 	} else if b.bootErr != "" {
 		info.Error = "start failed: " + b.bootErr
 	}
+	b.mainInfo(&info)
 	return info
 }
 
@@ -172,6 +173,10 @@ func (b *Box) boot(ctx context.Context) (machine, *client.Client, string, error)
 	if hostname == "" {
 		hostname = b.id
 	}
+	mainProc, err := b.mainProcess()
+	if err != nil {
+		return nil, nil, "", err
+	}
 	cfg := supervisor.Config{
 		Machine: vmm.Config{
 			Name:       "boxlite-" + b.id,
@@ -189,6 +194,7 @@ func (b *Box) boot(ctx context.Context) (machine, *client.Client, string, error)
 		BootTimeout: DefaultBootTimeout,
 		Home:        rt.opts.HomeDir,
 		BoxID:       b.id,
+		Main:        mainProc,
 	}
 	if d, ok := ctx.Deadline(); ok && time.Until(d) < cfg.BootTimeout {
 		cfg.BootTimeout = time.Until(d)
@@ -231,7 +237,7 @@ func (b *Box) watch(m machine, agent *client.Client) {
 		b.mu.Unlock()
 		return
 	}
-	if !b.stopping {
+	if !b.stopping && (m.Err() != nil || !b.mainEnded()) {
 		err := m.Err()
 		if err == nil {
 			err = errors.New("guest powered off")

@@ -1,0 +1,160 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/boxlite-go/boxlite"
+)
+
+// readLogs returns the box's main process output (following it to its end
+// when follow is set).
+func readLogs(t *testing.T, box *boxlite.Box, follow bool) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	r, err := box.Logs(ctx, boxlite.LogOptions{Follow: follow})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatalf("logs: %v (read %q)", err, b)
+	}
+	return string(b)
+}
+
+func waitBox(t *testing.T, box *boxlite.Box) boxlite.ExecResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := box.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// TestMainProcess: a detached box's main process runs on after the runtime
+// that started it has shut down; its supervisor logs its output, records
+// its exit code and stops the box; a new Start runs it again.
+func TestMainProcess(t *testing.T) {
+	requireVM(t)
+	home := t.TempDir()
+	ctx := context.Background()
+	rt1, err := boxlite.NewRuntime(boxlite.Options{HomeDir: home, AgentPath: agentPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	box, err := rt1.Create(ctx, boxlite.BoxOptions{
+		Rootfs:      rootfsPath,
+		Env:         []string{"WHO=main"},
+		Cmd:         []string{"sh", "-c", "echo hi $WHO; echo oops >&2; sleep 2; exit 3"},
+		MainProcess: true,
+		Detach:      true,
+	}, "job")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := box.ID()
+	if err := box.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if info := box.Info(); info.Status != boxlite.StatusRunning || !info.FinishedAt.IsZero() ||
+		strings.Join(info.MainCommand, " ") != "sh -c echo hi $WHO; echo oops >&2; sleep 2; exit 3" {
+		t.Fatalf("main process running: %+v", info)
+	}
+	if err := rt1.Shutdown(ctx); err != nil { // lets go of the detached box
+		t.Fatal(err)
+	}
+
+	rt2 := newRuntime(t, boxlite.Options{HomeDir: home})
+	box, err = rt2.Get(ctx, "job")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := readLogs(t, box, true); !strings.Contains(out, "hi main\n") || !strings.Contains(out, "oops\n") {
+		t.Fatalf("followed logs: %q", out)
+	}
+	if res := waitBox(t, box); res.ExitCode != 3 {
+		t.Fatalf("wait: %+v, want exit code 3", res)
+	}
+	info := box.Info()
+	if info.Status != boxlite.StatusStopped || info.ExitCode != 3 || info.Error != "" || !info.FinishedAt.After(info.StartedAt) {
+		t.Fatalf("after the main process: %+v", info)
+	}
+	if qemuRunning(id) {
+		t.Fatal("QEMU still runs after the main process ended")
+	}
+
+	// Start runs it again; the log appends.
+	if err := box.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if res := waitBox(t, box); res.ExitCode != 3 {
+		t.Fatalf("second run: %+v, want exit code 3", res)
+	}
+	if out := readLogs(t, box, false); strings.Count(out, "hi main\n") != 2 {
+		t.Fatalf("logs after two runs: %q", out)
+	}
+	if info := box.Info(); info.Status != boxlite.StatusStopped || info.ExitCode != 3 || info.Error != "" {
+		t.Fatalf("after the second run: %+v", info)
+	}
+}
+
+// TestMainProcessStop: Stop gives the main process SIGTERM and time to
+// end on its own; how it ended is recorded.
+func TestMainProcessStop(t *testing.T) {
+	rt := newRuntime(t, boxlite.Options{})
+	box := startBox(t, rt, boxlite.BoxOptions{
+		Cmd:         []string{"sh", "-c", `trap "echo bye; exit 0" TERM; echo up > /tmp/up; while true; do sleep 0.2; done`},
+		MainProcess: true,
+	})
+	run(t, box, sh("while [ ! -e /tmp/up ]; do sleep 0.1; done"))
+	if info := box.Info(); info.Status != boxlite.StatusRunning || !info.FinishedAt.IsZero() {
+		t.Fatalf("running: %+v", info)
+	}
+	if err := box.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	info := box.Info()
+	if info.Status != boxlite.StatusStopped || info.ExitCode != 0 || info.FinishedAt.IsZero() || info.Error != "" {
+		t.Fatalf("after stop: %+v", info)
+	}
+	if out := readLogs(t, box, false); !strings.HasSuffix(out, "bye\n") {
+		t.Fatalf("logs: %q, want the trap's bye", out)
+	}
+}
+
+// TestMainProcessBadInput: a main process without a command is refused at
+// Create; one that cannot start fails Start with a typed error and leaves
+// no VM running.
+func TestMainProcessBadInput(t *testing.T) {
+	rt := newRuntime(t, boxlite.Options{})
+	ctx := context.Background()
+	if _, err := rt.Create(ctx, boxlite.BoxOptions{Rootfs: rootfsPath, MainProcess: true}, ""); !errors.Is(err, boxlite.ErrInvalidArgument) {
+		t.Fatalf("main process without a command: %v", err)
+	}
+	box, err := rt.Create(ctx, boxlite.BoxOptions{Rootfs: rootfsPath, MainProcess: true, User: "nosuch", Cmd: []string{"true"}}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := box.Start(ctx); !errors.Is(err, boxlite.ErrUnknownUser) {
+		t.Fatalf("start with an unknown user: %v, want ErrUnknownUser", err)
+	}
+	if info := box.Info(); info.Status != boxlite.StatusConfigured || !strings.Contains(info.Error, "unknown user") {
+		t.Fatalf("after the failed start: %+v", info)
+	}
+	if qemuRunning(box.ID()) {
+		t.Fatal("QEMU left running by a failed start")
+	}
+	idle := startBox(t, rt, boxlite.BoxOptions{})
+	if _, err := idle.Logs(ctx, boxlite.LogOptions{}); !errors.Is(err, boxlite.ErrInvalidState) {
+		t.Fatalf("logs of a box without a main process: %v", err)
+	}
+}
