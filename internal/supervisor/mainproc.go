@@ -13,6 +13,8 @@ import (
 
 	"github.com/boxlite-go/boxlite/internal/agent/client"
 	pb "github.com/boxlite-go/boxlite/internal/agent/proto"
+	"github.com/boxlite-go/boxlite/internal/store"
+	"github.com/boxlite-go/boxlite/internal/vmm/qemu"
 )
 
 // MainProcess is a box's main process (docker's container process): the
@@ -192,4 +194,35 @@ func (r *mainRun) ended() <-chan struct{} {
 		return nil
 	}
 	return r.done
+}
+
+// awaitStartRecorded waits, up to timeout, until the box's row holds the
+// VM's pid: the Start that booted the box has connected and recorded it
+// running. A main process that ends at once would otherwise stop the box
+// under that Start (it could find the box gone before it returns), and the
+// stop recorded here could be overwritten by the Start's record.
+func awaitStartRecorded(cfg Config, m *qemu.Machine, timeout time.Duration) {
+	if cfg.Home == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	db, err := store.Open(ctx, store.Layout{Home: cfg.Home})
+	if err != nil {
+		return
+	}
+	defer db.Close()
+	for {
+		b, err := db.GetBox(ctx, cfg.BoxID)
+		if err != nil || b.PID == m.PID() {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }

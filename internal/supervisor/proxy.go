@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -19,17 +18,9 @@ type proxy struct {
 	// main is the box's main process (nil without one): Shutdown stops it
 	// first, as docker stop does.
 	main *mainRun
-
-	greetOnce sync.Once
-	greeted   chan struct{} // closed at the first Hello
-}
-
-func newProxy(up pb.AgentClient, main *mainRun) *proxy {
-	return &proxy{up: up, main: main, greeted: make(chan struct{})}
 }
 
 func (p *proxy) Hello(ctx context.Context, r *pb.HelloRequest) (*pb.HelloResponse, error) {
-	p.greetOnce.Do(func() { close(p.greeted) })
 	return p.up.Hello(ctx, r)
 }
 

@@ -124,8 +124,7 @@ func Main(raw string) int {
 		return 1
 	}
 	srv := grpc.NewServer()
-	px := newProxy(agent.API(), mr)
-	pb.RegisterAgentServer(srv, px)
+	pb.RegisterAgentServer(srv, &proxy{up: agent.API(), main: mr})
 	go srv.Serve(l)
 	os.Remove(filepath.Join(dir, ControlName))
 	ctl, err := net.Listen("unix", filepath.Join(dir, ControlName))
@@ -148,14 +147,9 @@ func Main(raw string) int {
 		mr.terminate(mainStopGrace)
 		stop(m, agent)
 	case <-mr.ended():
-		// The box ends with its main process, once the process that
-		// started it has connected (else its Start could find the box
-		// gone before it returns).
-		select {
-		case <-px.greeted:
-		case <-m.Done():
-		case <-time.After(10 * time.Second):
-		}
+		// The box ends with its main process, once the Start that
+		// booted it has recorded the box running.
+		awaitStartRecorded(cfg, m, 10*time.Second)
 		log.Info("main process ended: stopping the box")
 		stop(m, agent)
 	}
