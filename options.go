@@ -153,8 +153,8 @@ type BoxInfo struct {
 	MainCommand []string
 	// ExitCode is how the main process's latest run ended (docker's
 	// State.ExitCode): its exit status, 128+n for a death by signal n, and
-	// 137 when the box went down under it. 0 while it runs and before its
-	// first run; FinishedAt tells these apart.
+	// 137 when it was still running when the box stopped or went down. 0
+	// while it runs and before its first run; FinishedAt tells these apart.
 	ExitCode int
 	// FinishedAt is when the main process's latest run ended; zero while
 	// it runs, before its first run, and for a box without one.
