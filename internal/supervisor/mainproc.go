@@ -85,6 +85,9 @@ type mainRun struct {
 	out  *os.File
 	log  *slog.Logger
 	done chan struct{} // closed once the end is recorded
+
+	termMu       sync.Mutex
+	termDeadline time.Time // end of the grace the first SIGTERM gave
 }
 
 // mainStopGrace is how long a stop of the box waits for the main process
@@ -169,7 +172,9 @@ func (r *mainRun) wait(st MainState) {
 
 // terminate sends SIGTERM to the main process's group and waits up to
 // grace for its end to be recorded, as docker stop does; the shutdown that
-// follows ends whatever is left.
+// follows ends whatever is left. A second call (a stop through the agent
+// proxy, then SIGTERM to the supervisor) waits only for the rest of the
+// first grace.
 func (r *mainRun) terminate(grace time.Duration) {
 	if r == nil {
 		return
@@ -179,11 +184,17 @@ func (r *mainRun) terminate(grace time.Duration) {
 		return
 	default:
 	}
-	r.log.Info("stopping main process", "grace", grace)
-	_ = r.proc.Signal(syscall.SIGTERM)
+	r.termMu.Lock()
+	if r.termDeadline.IsZero() {
+		r.log.Info("stopping main process", "grace", grace)
+		r.termDeadline = time.Now().Add(grace)
+		_ = r.proc.Signal(syscall.SIGTERM)
+	}
+	wait := time.Until(r.termDeadline)
+	r.termMu.Unlock()
 	select {
 	case <-r.done:
-	case <-time.After(grace):
+	case <-time.After(wait):
 	}
 }
 

@@ -108,26 +108,42 @@ func TestMainProcess(t *testing.T) {
 }
 
 // TestMainProcessStop: Stop gives the main process SIGTERM and time to
-// end on its own; how it ended is recorded.
+// end on its own; one that ignores SIGTERM goes down with the box (137).
+// Either way how it ended is recorded.
 func TestMainProcessStop(t *testing.T) {
 	rt := newRuntime(t, boxlite.Options{})
-	box := startBox(t, rt, boxlite.BoxOptions{
-		Cmd:         []string{"sh", "-c", `trap "echo bye; exit 0" TERM; echo up > /tmp/up; while true; do sleep 0.2; done`},
-		MainProcess: true,
-	})
-	run(t, box, sh("while [ ! -e /tmp/up ]; do sleep 0.1; done"))
-	if info := box.Info(); info.Status != boxlite.StatusRunning || !info.FinishedAt.IsZero() {
-		t.Fatalf("running: %+v", info)
-	}
-	if err := box.Stop(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	info := box.Info()
-	if info.Status != boxlite.StatusStopped || info.ExitCode != 0 || info.FinishedAt.IsZero() || info.Error != "" {
-		t.Fatalf("after stop: %+v", info)
-	}
-	if out := readLogs(t, box, false); !strings.HasSuffix(out, "bye\n") {
-		t.Fatalf("logs: %q, want the trap's bye", out)
+	for _, tc := range []struct {
+		name     string
+		trap     string
+		wantCode int
+		wantLog  string
+	}{
+		{"ends on SIGTERM", `trap "echo bye; exit 0" TERM`, 0, "bye\n"},
+		{"ignores SIGTERM", `trap "" TERM`, 137, "up\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			box := startBox(t, rt, boxlite.BoxOptions{
+				Cmd:         []string{"sh", "-c", tc.trap + `; echo up; touch /tmp/up; while true; do sleep 0.2; done`},
+				MainProcess: true,
+			})
+			run(t, box, sh("while [ ! -e /tmp/up ]; do sleep 0.1; done"))
+			if info := box.Info(); info.Status != boxlite.StatusRunning || !info.FinishedAt.IsZero() {
+				t.Fatalf("running: %+v", info)
+			}
+			began := time.Now()
+			if err := box.Stop(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			took := time.Since(began)
+			info := box.Info()
+			if info.Status != boxlite.StatusStopped || info.ExitCode != tc.wantCode || info.FinishedAt.IsZero() || info.Error != "" {
+				t.Fatalf("after stop (%s): %+v", took, info)
+			}
+			if out := readLogs(t, box, false); !strings.HasSuffix(out, tc.wantLog) {
+				t.Fatalf("logs: %q, want it to end in %q", out, tc.wantLog)
+			}
+			t.Logf("stop took %s", took)
+		})
 	}
 }
 
