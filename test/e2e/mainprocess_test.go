@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -172,5 +173,37 @@ func TestMainProcessBadInput(t *testing.T) {
 	idle := startBox(t, rt, boxlite.BoxOptions{})
 	if _, err := idle.Logs(ctx, boxlite.LogOptions{}); !errors.Is(err, boxlite.ErrInvalidState) {
 		t.Fatalf("logs of a box without a main process: %v", err)
+	}
+}
+
+// TestCLIImageMainProcess: run -d IMAGE runs the image's default command
+// as the main process, as docker run -d does; COMMAND replaces it.
+func TestCLIImageMainProcess(t *testing.T) {
+	bin := buildCLI(t)
+	host, stop := serveImage(t, "test/busybox:v1")
+	defer stop()
+	home := t.TempDir()
+	defer removeAllBoxes(bin, home)
+	cli := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(bin, append([]string{"--home", home, "--insecure-registry", host}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("boxlite %q: %v: %s", args, err, out)
+		}
+		return string(out)
+	}
+	cli("run", "-d", "--name", "dflt", "test/busybox:v1")
+	if out := cli("wait", "dflt"); out != "0\n" {
+		t.Fatalf("wait for the image's command: %q", out)
+	}
+	if out := cli("logs", "dflt"); out != "default-cmd from-image /home/user\n" {
+		t.Fatalf("logs of the image's command: %q", out)
+	}
+	cli("run", "-d", "--name", "own", "-e", "IMG_VAR=x", "test/busybox:v1", "sh", "-c", "echo $IMG_VAR $(pwd); exit 4")
+	if out := cli("wait", "own"); out != "4\n" {
+		t.Fatalf("wait for COMMAND: %q", out)
+	}
+	if out := cli("logs", "own"); out != "x /home/user\n" {
+		t.Fatalf("logs of COMMAND: %q", out)
 	}
 }
