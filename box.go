@@ -111,6 +111,7 @@ func (b *Box) Info() BoxInfo {
 	} else if b.bootErr != "" {
 		info.Error = "start failed: " + b.bootErr
 	}
+	b.mainInfo(&info)
 	return info
 }
 
@@ -185,6 +186,10 @@ func (b *Box) boot(ctx context.Context) (machine, *client.Client, string, error)
 	if hostname == "" {
 		hostname = b.id
 	}
+	mainProc, err := b.mainProcess()
+	if err != nil {
+		return nil, nil, "", err
+	}
 	cfg := supervisor.Config{
 		Machine: vmm.Config{
 			Name:       "boxlite-" + b.id,
@@ -203,6 +208,7 @@ func (b *Box) boot(ctx context.Context) (machine, *client.Client, string, error)
 		Home:        rt.opts.HomeDir,
 		BoxID:       b.id,
 		Network:     b.netConfig(),
+		Main:        mainProc,
 	}
 	if cfg.Network != nil && cfg.Network.Slirp && len(cfg.Network.AllowNet) > 0 {
 		return nil, nil, "", fmt.Errorf("BOXLITE_NET_BASELINE=slirp cannot enforce an allow-list: %w", ErrInvalidArgument)
@@ -248,7 +254,7 @@ func (b *Box) watch(m machine, agent *client.Client) {
 		b.mu.Unlock()
 		return
 	}
-	if !b.stopping {
+	if !b.stopping && (m.Err() != nil || !b.mainEnded()) {
 		err := m.Err()
 		if err == nil {
 			err = errors.New("guest powered off")

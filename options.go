@@ -70,11 +70,22 @@ type BoxOptions struct {
 	Env        []string
 	WorkingDir string
 	User       string
+	// Entrypoint and Cmd make the box's command as docker does (see
+	// Box.Command); each defaults to the image's.
 	Entrypoint []string
 	Cmd        []string
-	AutoRemove bool
-	Detach     bool
-	Labels     map[string]string
+	// MainProcess makes the box's command its main process, as a
+	// container's: every Start runs it right after boot, its stdout and
+	// stderr go to a log (Box.Logs; each run appends), and when it exits
+	// the box records the exit code (BoxInfo.ExitCode) and stops. Stop
+	// gives it SIGTERM and a few seconds before the guest powers off. The
+	// zero value: no main process; the box idles until stopped and runs
+	// what Exec asks. Create fails with ErrInvalidArgument when the box has
+	// no command (no Entrypoint or Cmd, from the options or the image).
+	MainProcess bool
+	AutoRemove  bool
+	Detach      bool
+	Labels      map[string]string
 
 	// Network is NetworkEnabled (the default) or NetworkDisabled (no
 	// network card at all: only lo in the box).
@@ -229,4 +240,15 @@ type BoxInfo struct {
 	// LastFreezePause is how long the VM was paused by the last live
 	// Clone or Export this process made of it.
 	LastFreezePause time.Duration
+	// MainCommand is the argv of the box's main process
+	// (BoxOptions.MainProcess); nil for a box without one.
+	MainCommand []string
+	// ExitCode is how the main process's latest run ended (docker's
+	// State.ExitCode): its exit status, 128+n for a death by signal n, and
+	// 137 when it was still running when the box stopped or went down. 0
+	// while it runs and before its first run; FinishedAt tells these apart.
+	ExitCode int
+	// FinishedAt is when the main process's latest run ended; zero while
+	// it runs, before its first run, and for a box without one.
+	FinishedAt time.Time
 }

@@ -240,6 +240,12 @@ func (rt *Runtime) Create(ctx context.Context, opts BoxOptions, name string) (*B
 	if img != nil {
 		b.applyImageConfig(img.Config)
 	}
+	if opts.MainProcess {
+		if _, err := b.Command(); err != nil {
+			rt.mu.Unlock()
+			return nil, fmt.Errorf("main process: %w", err)
+		}
+	}
 	rt.boxes[id] = b
 	rt.mu.Unlock()
 

@@ -277,36 +277,94 @@ func newInspectCmd(g *globals) *cobra.Command {
 	}
 }
 
+func newWaitCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "wait BOX...",
+		Short: "Wait for boxes to stop; print their main processes' exit codes",
+		Long: "Wait blocks until each box has stopped and prints the exit code of its main\n" +
+			"process's latest run (0 for a box without a main process), as docker wait does.",
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.withRuntime(func(rt *boxlite.Runtime) error {
+				return forEach(cmd, args, func(ref string) error {
+					box, err := rt.Get(cmd.Context(), ref)
+					if err != nil {
+						return err
+					}
+					res, err := box.Wait(cmd.Context())
+					if err != nil {
+						return err
+					}
+					fmt.Fprintln(cmd.OutOrStdout(), res.ExitCode)
+					return nil
+				})
+			})
+		},
+	}
+}
+
 func newLogsCmd(g *globals) *cobra.Command {
-	var netLog bool
+	var console, follow, netLog bool
 	cmd := &cobra.Command{
-		Use:   "logs BOX",
-		Short: "Print the console log (kernel and agent messages) of a box's latest boot",
-		Args:  cobra.ExactArgs(1),
+		Use:   "logs [--console | --net] [-f] BOX",
+		Short: "Print the output of a box's main process, or its console log",
+		Long: "Logs prints the output of the box's main process (the COMMAND of run -d):\n" +
+			"stdout and stderr, interleaved as written, of every run (each start appends).\n" +
+			"-f follows it until the main process ends.\n\n" +
+			"For a box without a main process, or with --console, it prints the serial\n" +
+			"console of the box's latest boot instead (kernel and agent messages).\n\n" +
+			"--net prints the box's egress audit log: every DNS query, TCP connection and\n" +
+			"UDP flow it made, allowed or denied, with the rule or reason.",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withRuntime(func(rt *boxlite.Runtime) error {
 				box, err := rt.Get(cmd.Context(), args[0])
 				if err != nil {
 					return err
 				}
-				if netLog {
+				switch {
+				case netLog && (console || follow):
+					return fmt.Errorf("logs: --net goes alone: %w", boxlite.ErrInvalidArgument)
+				case netLog:
 					return printNetLog(cmd, box)
+				case console && follow:
+					return fmt.Errorf("logs: --console and -f do not go together: %w", boxlite.ErrInvalidArgument)
+				case follow && box.Info().MainCommand == nil:
+					return fmt.Errorf("logs -f: box %s has no main process to follow: %w", args[0], boxlite.ErrInvalidArgument)
+				case console || box.Info().MainCommand == nil:
+					return copyConsole(cmd.OutOrStdout(), box)
 				}
-				f, err := os.Open(box.ConsoleLogPath())
-				if errors.Is(err, os.ErrNotExist) {
-					return nil // never started
-				}
+				r, err := box.Logs(cmd.Context(), boxlite.LogOptions{Follow: follow})
 				if err != nil {
 					return err
 				}
-				defer f.Close()
-				_, err = io.Copy(cmd.OutOrStdout(), f)
+				defer r.Close()
+				_, err = io.Copy(cmd.OutOrStdout(), r)
+				if errors.Is(err, context.Canceled) {
+					return nil // interrupted while following
+				}
 				return err
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&console, "console", false, "print the console log of the latest boot")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "follow the main process's output until it ends")
 	cmd.Flags().BoolVar(&netLog, "net", false, "print the egress audit log instead: every connection and DNS query, allowed or denied")
 	return cmd
+}
+
+// copyConsole writes the box's console log; a box never started has none.
+func copyConsole(w io.Writer, box *boxlite.Box) error {
+	f, err := os.Open(box.ConsoleLogPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(w, f)
+	return err
 }
 
 // printNetLog prints a box's egress audit log, one event per line.

@@ -82,7 +82,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	root.PersistentFlags().StringArrayVar(&g.insecure, "insecure-registry", nil, "registry host[:port] reached over plain HTTP (repeatable); tried first for unqualified names")
 	root.AddCommand(
 		newRunCmd(g), newCreateCmd(g), newStartCmd(g), newStopCmd(g), newRestartCmd(g),
-		newExecCmd(g), newPsCmd(g), newRmCmd(g), newInspectCmd(g), newLogsCmd(g),
+		newExecCmd(g), newPsCmd(g), newRmCmd(g), newInspectCmd(g), newLogsCmd(g), newWaitCmd(g),
 		newPullCmd(g), newImagesCmd(g), newRmiCmd(g), newImageCmd(g),
 		newCloneCmd(g), newExportCmd(g), newImportCmd(g),
 	)

@@ -36,7 +36,12 @@ func newRunCmd(g *globals) *cobra.Command {
 			"exits with the command's exit code (125 when the runtime fails). The stopped\n" +
 			"box remains (start, exec, rm it later) unless --rm is given.\n\n" +
 			"With -d the box is created and started detached, its id printed, and boxlite\n" +
-			"exits while the box keeps running; use exec to run commands in it.",
+			"exits while the box keeps running. COMMAND (for an image: its entrypoint with\n" +
+			"COMMAND as arguments, or without COMMAND its default command, as docker run\n" +
+			"-d does) becomes the box's main process: its output goes to the box's log\n" +
+			"(boxlite logs), and when it exits the box stops and keeps its exit code\n" +
+			"(boxlite inspect: ExitCode); start runs it again. A --rootfs box without\n" +
+			"COMMAND has no main process: it idles until stopped; use exec in it.",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return f.run(cmd, g, args)
 		},
@@ -57,10 +62,8 @@ func (f *runFlags) run(cmd *cobra.Command, g *globals, args []string) error {
 		return err
 	}
 	switch {
-	case f.detach && len(args) > 0:
-		return fmt.Errorf("run -d with a COMMAND: detached commands are not supported yet; run -d, then exec: %w", boxlite.ErrInvalidArgument)
-	case f.detach && (f.remove || f.interactive || f.tty):
-		return fmt.Errorf("run -d does not go with --rm, -i or -t: %w", boxlite.ErrInvalidArgument)
+	case f.detach && (f.remove || f.interactive || f.tty || f.timeout != 0):
+		return fmt.Errorf("run -d does not go with --rm, -i, -t or --timeout: %w", boxlite.ErrInvalidArgument)
 	case !f.detach && opts.Rootfs != "" && len(args) == 0:
 		return fmt.Errorf("no command given: %w", boxlite.ErrInvalidArgument)
 	}
@@ -68,6 +71,13 @@ func (f *runFlags) run(cmd *cobra.Command, g *globals, args []string) error {
 	// after that boxlite exits; a --rm box dies with this process.
 	opts.Detach = !f.remove
 	opts.AutoRemove = f.remove
+	if f.detach {
+		// The command, else an image's own, is the main process.
+		if len(args) > 0 {
+			opts.Cmd = args
+		}
+		opts.MainProcess = len(args) > 0 || opts.Image != ""
+	}
 
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

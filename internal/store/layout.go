@@ -16,6 +16,8 @@ import (
 //	<home>/layers/                shared read-only disk layers (see LayersDir)
 //	<home>/boxes/<id>/disk.qcow2  the box's writable overlay
 //	<home>/boxes/<id>/console.log the guest's serial console
+//	<home>/boxes/<id>/main.log    output of the box's main process, every run
+//	<home>/boxes/<id>/main.json   state of the main process's latest run
 //	<home>/run/<id>/              sockets of a running box (or a short /tmp
 //	                              directory when the home path is too long)
 type Layout struct {
@@ -42,6 +44,14 @@ func (l Layout) ConsoleLog(id string) string { return filepath.Join(l.BoxDir(id)
 func (l Layout) NetAuditLog(id string) string {
 	return filepath.Join(l.BoxDir(id), "net-audit.jsonl")
 }
+
+// MainLog holds the stdout and stderr of a box's main process
+// (BoxOptions.MainProcess), interleaved as written; each run appends.
+func (l Layout) MainLog(id string) string { return filepath.Join(l.BoxDir(id), "main.log") }
+
+// MainState is the JSON state of the main process's latest run: when it
+// started and, once it ended, its exit code (written by the supervisor).
+func (l Layout) MainState(id string) string { return filepath.Join(l.BoxDir(id), "main.json") }
 
 // RunDir creates and returns the directory for a running box's sockets.
 // When the home path is too long for unix sockets, a directory under the

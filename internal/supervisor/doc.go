@@ -11,4 +11,9 @@
 // box. It holds an exclusive flock on its lock file for its whole life:
 // a lock that can be taken means the supervisor is gone. When the VM ends
 // it writes why to its exit file and exits.
+//
+// A box may have a main process (Config.Main): the supervisor starts it
+// right after boot, appends its output to a log, records its end in a
+// state file (MainState), and then stops the box; a stop request gives it
+// SIGTERM and a grace first.
 package supervisor

@@ -105,22 +105,32 @@ func (h *Handle) startError(msg string) error {
 		return fmt.Errorf("%s: %w", msg, errdefs.ErrGuestPanic)
 	}
 	for _, sentinel := range []error{errdefs.ErrMissingDependency, errdefs.ErrInvalidArgument,
-		errdefs.ErrPortInUse, errdefs.ErrPermission, errdefs.ErrNetwork} {
+		errdefs.ErrUnknownUser, errdefs.ErrPortInUse, errdefs.ErrPermission, errdefs.ErrNetwork} {
 		if strings.Contains(msg, sentinel.Error()) {
-			return remoteError{msg, sentinel}
+			return typed(msg, sentinel)
 		}
+	}
+	if strings.HasPrefix(msg, "main process") && strings.Contains(msg, errdefs.ErrNotFound.Error()) {
+		return typed(msg, errdefs.ErrNotFound) // its working directory
 	}
 	return errors.New(msg)
 }
 
-// remoteError is an error that crossed the process boundary as text.
-type remoteError struct {
-	msg  string
-	kind error
+// typed is msg matching sentinel, which it names already or gets appended.
+func typed(msg string, sentinel error) error {
+	if strings.HasSuffix(msg, sentinel.Error()) {
+		return typedError{msg, sentinel}
+	}
+	return fmt.Errorf("%s: %w", msg, sentinel)
 }
 
-func (e remoteError) Error() string { return e.msg }
-func (e remoteError) Unwrap() error { return e.kind }
+type typedError struct {
+	msg      string
+	sentinel error
+}
+
+func (e typedError) Error() string { return e.msg }
+func (e typedError) Unwrap() error { return e.sentinel }
 
 // run starts the supervisor from a locked thread (Pdeathsig fires when the
 // starting thread ends) and reaps it.

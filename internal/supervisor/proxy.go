@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -14,6 +15,9 @@ import (
 type proxy struct {
 	pb.UnimplementedAgentServer
 	up pb.AgentClient
+	// main is the box's main process (nil without one): Shutdown stops it
+	// first, as docker stop does.
+	main *mainRun
 }
 
 func (p *proxy) Hello(ctx context.Context, r *pb.HelloRequest) (*pb.HelloResponse, error) {
@@ -24,7 +28,14 @@ func (p *proxy) Sync(ctx context.Context, r *pb.SyncRequest) (*pb.SyncResponse, 
 	return p.up.Sync(ctx, r)
 }
 
+// Shutdown gives the main process SIGTERM and up to mainStopGrace (less
+// when the caller's deadline is nearer) to end before the guest powers off.
 func (p *proxy) Shutdown(ctx context.Context, r *pb.ShutdownRequest) (*pb.ShutdownResponse, error) {
+	grace := mainStopGrace
+	if d, ok := ctx.Deadline(); ok && time.Until(d)-time.Second < grace {
+		grace = max(time.Until(d)-time.Second, 0)
+	}
+	p.main.terminate(grace)
 	return p.up.Shutdown(ctx, r)
 }
 

@@ -51,6 +51,9 @@ type Config struct {
 	// Network, when set, gives the box a network card on a user-mode
 	// network the supervisor runs; nil: no network card.
 	Network *NetConfig `json:"network,omitempty"`
+	// Main, when set, is started right after boot; the box stops when it
+	// ends.
+	Main *MainProcess `json:"main,omitempty"`
 }
 
 // exitRecord is the exit file's content.
@@ -122,6 +125,19 @@ func Main(raw string) int {
 			return 1
 		}
 	}
+	var mr *mainRun
+	if cfg.Main != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		mr, err = startMain(ctx, agent, cfg.Main, log)
+		cancel()
+		if err != nil {
+			log.Error("boot", "err", err)
+			stop(m, agent)
+			writeExit(dir, err)
+			fmt.Printf("error %v\n", err)
+			return 1
+		}
+	}
 	os.Remove(filepath.Join(dir, SocketName))
 	l, err := net.Listen("unix", filepath.Join(dir, SocketName))
 	if err != nil {
@@ -131,7 +147,7 @@ func Main(raw string) int {
 		return 1
 	}
 	srv := grpc.NewServer()
-	pb.RegisterAgentServer(srv, &proxy{up: agent.API()})
+	pb.RegisterAgentServer(srv, &proxy{up: agent.API(), main: mr})
 	go srv.Serve(l)
 	os.Remove(filepath.Join(dir, ControlName))
 	ctl, err := net.Listen("unix", filepath.Join(dir, ControlName))
@@ -151,11 +167,24 @@ func Main(raw string) int {
 	case <-m.Done():
 	case sig := <-sigs:
 		log.Info("stopping", "signal", sig)
+		mr.terminate(mainStopGrace)
+		stop(m, agent)
+	case <-mr.ended():
+		// The box ends with its main process, once the Start that
+		// booted it has recorded the box running.
+		awaitStartRecorded(cfg, m, 10*time.Second)
+		log.Info("main process ended: stopping the box")
 		stop(m, agent)
 	}
 	<-m.Done()
 	srv.Stop()
 	agent.Close()
+	if mr != nil {
+		select { // the end of a main process the box stopped under
+		case <-mr.done:
+		case <-time.After(5 * time.Second):
+		}
+	}
 	writeExit(dir, m.Err())
 	if err := recordStopped(cfg, m.PID(), m.Err()); err != nil {
 		log.Error("record stop", "err", err)
