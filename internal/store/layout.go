@@ -3,8 +3,13 @@ package store
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
+
+	"github.com/boxlite-go/boxlite/internal/errdefs"
 )
 
 // Layout names the files under one home directory.
@@ -60,7 +65,36 @@ func (l Layout) RunDir(id string) (string, error) {
 	dir := filepath.Join(l.Home, "run", id)
 	if len(dir) > maxSocketDir {
 		h := sha256.Sum256([]byte(l.Home))
-		dir = filepath.Join(os.TempDir(), "boxlite-"+hex.EncodeToString(h[:6]), id)
+		parent := filepath.Join(os.TempDir(), "boxlite-"+hex.EncodeToString(h[:6]))
+		// The shared temp dir is writable by everyone: the parent must
+		// be ours, private and a real directory, or another user could
+		// own (or have planted) the sockets of our boxes.
+		if err := os.Mkdir(parent, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			return "", err
+		}
+		if err := checkPrivateDir(parent); err != nil {
+			return "", err
+		}
+		dir = filepath.Join(parent, id)
 	}
 	return dir, os.MkdirAll(dir, 0o700)
+}
+
+// checkPrivateDir fails unless dir is a directory (not a symlink) owned by
+// this process's user and closed to everyone else.
+func checkPrivateDir(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return fmt.Errorf("run dir %s: not a directory: %w", dir, errdefs.ErrPermission)
+	case !ok || int(st.Uid) != os.Getuid():
+		return fmt.Errorf("run dir %s: owned by another user: %w", dir, errdefs.ErrPermission)
+	case fi.Mode().Perm()&0o077 != 0:
+		return fmt.Errorf("run dir %s: mode %v is open to other users: %w", dir, fi.Mode().Perm(), errdefs.ErrPermission)
+	}
+	return nil
 }

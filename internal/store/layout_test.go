@@ -1,10 +1,13 @@
 package store
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/boxlite-go/boxlite/internal/errdefs"
 )
 
 func TestRunDir(t *testing.T) {
@@ -33,5 +36,40 @@ func TestRunDir(t *testing.T) {
 				t.Fatalf("run dir: %v %v", st, err)
 			}
 		})
+	}
+}
+
+// TestRunDirRefusesForeignParent: the temp-dir fallback's parent must be a
+// private directory of ours; a planted symlink or an open directory is
+// refused.
+func TestRunDirRefusesForeignParent(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	l := Layout{Home: filepath.Join(t.TempDir(), strings.Repeat("h", 80))}
+	dir, err := l.RunDir("0123456789ab")
+	if err != nil {
+		t.Fatal(err)
+	}
+	parent := filepath.Dir(dir)
+	if !strings.HasPrefix(parent, tmp) {
+		t.Fatalf("fallback %q not under TMPDIR %q", dir, tmp)
+	}
+
+	if err := os.Chmod(parent, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.RunDir("0123456789ab"); !errors.Is(err, errdefs.ErrPermission) {
+		t.Errorf("open parent: %v, want ErrPermission", err)
+	}
+
+	if err := os.RemoveAll(parent); err != nil {
+		t.Fatal(err)
+	}
+	elsewhere := t.TempDir()
+	if err := os.Symlink(elsewhere, parent); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.RunDir("0123456789ab"); !errors.Is(err, errdefs.ErrPermission) {
+		t.Errorf("symlinked parent: %v, want ErrPermission", err)
 	}
 }
