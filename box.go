@@ -47,6 +47,7 @@ type Box struct {
 	// Defaults from the image config, under opts.
 	imageEntrypoint, imageCmd []string
 
+	attachMu   sync.Mutex // one attach at a time; taken without mu
 	mu         sync.Mutex
 	status     Status
 	startedAt  time.Time
@@ -461,31 +462,69 @@ func (b *Box) Command(args ...string) (Command, error) {
 	return Command{Name: argv[0], Args: argv[1:]}, nil
 }
 
-// attach connects to the supervisor of a box another process started;
-// b.mu is held.
+// attach connects to the supervisor of a box another process started.
+// b.mu is held on entry and on return, but not while dialing: a slow
+// supervisor must not stall Info and List. attachMu keeps attaches one
+// at a time.
 func (b *Box) attach() error {
+	for range 3 {
+		pid := b.foreignPID
+		b.mu.Unlock()
+		b.attachMu.Lock()
+		runDir, h, agent, err := b.dialSupervisor(pid)
+		b.attachMu.Unlock()
+		b.mu.Lock()
+		switch {
+		case b.agent != nil:
+			// Attached (or started) by another call meanwhile.
+			if agent != nil {
+				agent.Close()
+			}
+			return nil
+		case b.status != StatusRunning || b.foreignPID != pid:
+			// The box moved on while we dialed: look again.
+			if agent != nil {
+				agent.Close()
+			}
+			if b.status != StatusRunning {
+				return nil
+			}
+			continue
+		case err != nil:
+			if errors.Is(err, ErrBoxDown) {
+				b.status, b.downErr = StatusStopped, err
+			}
+			return err
+		}
+		b.machine, b.agent, b.runDir = h, agent, runDir
+		b.ports = readPorts(runDir)
+		b.saved = false
+		b.owned = false
+		b.rt.watchers.Add(1)
+		go b.watch(h, agent)
+		return nil
+	}
+	return fmt.Errorf("box %s changed VM while attaching: %w", b.label(), ErrInvalidState)
+}
+
+// dialSupervisor connects to the agent of the VM qemuPID through its
+// supervisor; b.mu must not be held.
+func (b *Box) dialSupervisor(qemuPID int) (string, *supervisor.Handle, *client.Client, error) {
 	runDir, err := b.rt.layout.RunDir(b.id)
 	if err != nil {
-		return err
+		return "", nil, nil, err
 	}
-	h, err := supervisor.Attach(runDir, b.foreignPID)
+	h, err := supervisor.Attach(runDir, qemuPID)
 	if err != nil {
-		b.status, b.downErr = StatusStopped, err
-		return err
+		return "", nil, nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	agent, err := client.Dial(ctx, h.DialAgent)
 	if err != nil {
-		return err
+		return "", nil, nil, err
 	}
-	b.machine, b.agent, b.runDir = h, agent, runDir
-	b.ports = readPorts(runDir)
-	b.saved = false
-	b.owned = false
-	b.rt.watchers.Add(1)
-	go b.watch(h, agent)
-	return nil
+	return runDir, h, agent, nil
 }
 
 // readPorts returns the port forwards a box's supervisor resolved.
