@@ -297,6 +297,45 @@ func TestWaitWithoutReading(t *testing.T) {
 	}
 }
 
+// TestUnreadOutputSpills: 40 MB of output nobody reads until the process
+// has ended arrives whole, in order, and the host keeps at most 8 MiB of
+// it in memory (the rest waits in an unlinked temporary file).
+func TestUnreadOutputSpills(t *testing.T) {
+	box := sharedBox(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	ex, err := box.Exec(ctx, sh("i=0; while [ $i -lt 40 ]; do head -c 1000000 /dev/zero | tr '\\0' \"$((i % 10))\"; i=$((i+1)); done"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := ex.Wait(ctx)
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("wait: %+v %v", res, err)
+	}
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if grown := int64(after.HeapAlloc) - int64(before.HeapAlloc); grown > 24<<20 {
+		t.Errorf("heap grew by %d MB holding unread output", grown>>20)
+	}
+	buf := make([]byte, 1000000)
+	for i := range 40 {
+		if _, err := io.ReadFull(ex.Stdout(), buf); err != nil {
+			t.Fatalf("megabyte %d: %v", i, err)
+		}
+		want := byte('0' + i%10)
+		if buf[0] != want || buf[len(buf)-1] != want {
+			t.Fatalf("megabyte %d holds %q..%q, want %q", i, buf[0], buf[len(buf)-1], want)
+		}
+	}
+	if n, _ := io.Copy(io.Discard, ex.Stdout()); n != 0 {
+		t.Fatalf("%d bytes more than written", n)
+	}
+}
+
 func openFDs() int {
 	entries, _ := os.ReadDir("/proc/self/fd")
 	return len(entries)
