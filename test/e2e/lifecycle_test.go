@@ -71,6 +71,29 @@ func TestGuestPanicIsReported(t *testing.T) {
 	}
 }
 
+// TestForgedPanicLine: a process in the box prints a kernel panic line on
+// the console, then powers the guest off. That is a power-off, not a
+// panic.
+func TestForgedPanicLine(t *testing.T) {
+	rt := newRuntime(t, boxlite.Options{})
+	box := startBox(t, rt, boxlite.BoxOptions{})
+	ctx := context.Background()
+	ex, err := box.Exec(ctx, sh("echo 'Kernel panic - not syncing: forged' > /dev/console; sync; poweroff -f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	ex.Wait(wctx)
+	info := waitStatus(t, box, boxlite.StatusStopped)
+	if strings.Contains(info.Error, "panic") || !strings.Contains(info.Error, "powered off") {
+		t.Fatalf("info error %q: want a power-off, not a panic", info.Error)
+	}
+	if b, _ := os.ReadFile(box.ConsoleLogPath()); !strings.Contains(string(b), "forged") {
+		t.Fatalf("the forged line did not reach the console; the test proves nothing")
+	}
+}
+
 func TestKilledQEMUIsReported(t *testing.T) {
 	rt := newRuntime(t, boxlite.Options{})
 	box := startBox(t, rt, boxlite.BoxOptions{})

@@ -308,6 +308,12 @@ func (m *Machine) classify(cause, waitErr error, reason string, panicked bool, p
 	if m.requested.Load() {
 		return nil
 	}
+	if waitErr == nil && reason == "guest-shutdown" && !panicked {
+		// A power-off. A panic ends in a reset (panic=-1, -no-reboot),
+		// never here: a "Kernel panic" line on the console is then
+		// something a guest process wrote, not a panic.
+		return nil
+	}
 	var line string
 	if tail, err := fileTail(m.params.ConsoleLog, consoleTail); err == nil {
 		line = panicLine(tail)
@@ -320,8 +326,6 @@ func (m *Machine) classify(cause, waitErr error, reason string, panicked bool, p
 	}
 	var ee *exec.ExitError
 	switch {
-	case waitErr == nil && reason == "guest-shutdown":
-		return nil
 	case waitErr == nil && reason == "guest-reset":
 		return fmt.Errorf("guest rebooted: %w", errdefs.ErrBoxDown)
 	case waitErr == nil && reason != "":
