@@ -180,7 +180,7 @@ func Argv(p Params) []string {
 	)
 	if p.ConsoleLog != "" {
 		argv = append(argv,
-			"-chardev", "file,id=con,path="+optValue(p.ConsoleLog),
+			"-chardev", "file,id=con,path="+optValue(p.ConsoleLog)+",append=on",
 			"-serial", "chardev:con",
 		)
 	} else {

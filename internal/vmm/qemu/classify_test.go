@@ -4,7 +4,9 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/boxlite-go/boxlite/internal/errdefs"
 )
@@ -27,5 +29,46 @@ func TestClassifyForgedPanic(t *testing.T) {
 	}
 	if err := m.classify(nil, nil, "guest-shutdown", true, "crashloaded"); !errors.Is(err, errdefs.ErrGuestPanic) {
 		t.Errorf("GUEST_PANICKED then shutdown: %v, want ErrGuestPanic", err)
+	}
+}
+
+// TestCapLog: a log its writer appends to is moved aside and restarted
+// once past the cap, and appends keep landing at the new end.
+func TestCapLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "console.log")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() { capLog(path, 1000, time.Millisecond, done); close(stopped) }()
+	chunk := []byte(strings.Repeat("x", 99) + "\n")
+	for range 50 {
+		f.Write(chunk)
+		time.Sleep(2 * time.Millisecond)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		fi, err := os.Stat(path)
+		if err == nil && fi.Size() <= 1000 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("log not capped: %v %v", fi.Size(), err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(done)
+	<-stopped
+	old, err := os.ReadFile(path + ".1")
+	if err != nil || len(old) <= 1000 {
+		t.Fatalf("older part: %d bytes, %v", len(old), err)
+	}
+	f.Write([]byte("after\n"))
+	cur, _ := os.ReadFile(path)
+	if !strings.HasSuffix(string(cur), "after\n") || strings.Contains(string(cur), "\x00") {
+		t.Fatalf("appends after the cap: %q", cur)
 	}
 }

@@ -45,6 +45,12 @@ const (
 	stderrTail = 4 << 10
 	// consoleTail is how much of the console log is searched for a panic.
 	consoleTail = 64 << 10
+	// consoleMax caps the console log: past it, the log moves to
+	// console.log.1 (replacing an older one) and starts over, checked
+	// every consoleCheck. A guest cannot fill the host's disk through
+	// its console.
+	consoleMax   = 8 << 20
+	consoleCheck = 2 * time.Second
 	// retryInterval paces the polling of QEMU's sockets.
 	retryInterval = 5 * time.Millisecond
 )
@@ -195,6 +201,13 @@ func (m *Machine) Start(ctx context.Context) error {
 			return m.startFailed(fmt.Errorf("remove stale socket: %w", err))
 		}
 	}
+	if p := m.params.ConsoleLog; p != "" {
+		// QEMU appends (so the log can be trimmed under it); each start
+		// begins a fresh log.
+		if err := os.Truncate(p, 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return m.startFailed(fmt.Errorf("console log: %w", err))
+		}
+	}
 	argv := Argv(m.params)
 	m.log.Debug("starting qemu", "machine_type", m.params.MachineType(), "argv", argv)
 	cmd := &exec.Cmd{
@@ -212,6 +225,9 @@ func (m *Machine) Start(ctx context.Context) error {
 	go m.run(cmd, started)
 	if err := <-started; err != nil {
 		return m.startFailed(err)
+	}
+	if m.params.ConsoleLog != "" {
+		go capLog(m.params.ConsoleLog, consoleMax, consoleCheck, m.done)
 	}
 
 	type dialed struct {
@@ -540,4 +556,50 @@ func orDefault(v, def int) int {
 		return def
 	}
 	return v
+}
+
+// capLog keeps the file at path, which its writer opened for appending,
+// under about max bytes until done: a longer file is copied to path+".1"
+// and truncated. Lines written between the copy and the truncation are
+// lost; the writer's appends land at the new end.
+func capLog(path string, max int64, every time.Duration, done <-chan struct{}) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		if fi, err := os.Stat(path); err != nil || fi.Size() <= max {
+			continue
+		}
+		if err := copyFile(path, path+".1"); err != nil {
+			continue
+		}
+		os.Truncate(path, 0)
+	}
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp := dst + ".tmp"
+	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := out.Close(); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, dst)
 }
