@@ -1,13 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"sort"
 	"strconv"
 	"time"
 
@@ -111,12 +111,12 @@ func netBench(ctx context.Context, agent, rootfs, accel string, mib, rounds, rtt
 		return fmt.Errorf("slirp: %w", err)
 	}
 	mbps := func(ds []time.Duration) float64 {
-		return float64(mib) / med(ds).Seconds()
+		return float64(mib) / pct(ds, 50).Seconds()
 	}
 	fmt.Printf("| box→host, %d MiB (MB/s) | %d | %.1f | slirp %.1f | %.2f |\n", mib, rounds, mbps(ours.down), mbps(base.down), mbps(ours.down)/mbps(base.down))
 	fmt.Printf("| host→box, %d MiB (MB/s) | %d | %.1f | slirp %.1f | %.2f |\n", mib, rounds, mbps(ours.up), mbps(base.up), mbps(ours.up)/mbps(base.up))
-	fmt.Printf("| HTTP round trip via forwarded port | %d | %s | slirp %s | %.2f |\n", rtts, ms(med(ours.rtt)), ms(med(base.rtt)),
-		float64(med(ours.rtt))/float64(med(base.rtt)))
+	fmt.Printf("| HTTP round trip via forwarded port | %d | %s | slirp %s | %.2f |\n", rtts, ms(pct(ours.rtt, 50)), ms(pct(base.rtt, 50)),
+		float64(pct(ours.rtt, 50))/float64(pct(base.rtt, 50)))
 	return nil
 }
 
@@ -149,20 +149,10 @@ func pushToBox(ctx context.Context, box *boxlite.Box, hostPort int, data []byte)
 	if err != nil || res.ExitCode != 0 {
 		return 0, fmt.Errorf("box sink: %v, exit %d", err, res.ExitCode)
 	}
-	if got, _ := strconv.Atoi(string(trimSpace(out))); got != len(data) {
+	if got, _ := strconv.Atoi(string(bytes.TrimSpace(out))); got != len(data) {
 		return 0, fmt.Errorf("box sink read %q bytes, want %d", out, len(data))
 	}
 	return d, nil
-}
-
-func trimSpace(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ') {
-		b = b[:len(b)-1]
-	}
-	for len(b) > 0 && b[0] == ' ' {
-		b = b[1:]
-	}
-	return b
 }
 
 // get fetches url, retrying up to tries times.
@@ -190,10 +180,4 @@ func freePort() int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
-}
-
-func med(ds []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2]
 }

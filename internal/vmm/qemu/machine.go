@@ -574,32 +574,11 @@ func capLog(path string, max int64, every time.Duration, done <-chan struct{}) {
 		if fi, err := os.Stat(path); err != nil || fi.Size() <= max {
 			continue
 		}
-		if err := copyFile(path, path+".1"); err != nil {
+		// At most a few MiB over the cap: read whole, once per cap.
+		data, err := os.ReadFile(path)
+		if err != nil || os.WriteFile(path+".1", data, 0o600) != nil {
 			continue
 		}
 		os.Truncate(path, 0)
 	}
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	tmp := dst + ".tmp"
-	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := out.Close(); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, dst)
 }
