@@ -60,8 +60,8 @@ func ParsePort(s string) (Port, error) {
 	if p.BoxPort, err = portNumber(boxPart, false); err != nil {
 		return bad("box port: " + err.Error())
 	}
-	if err := p.Validate(); err != nil {
-		return Port{}, err
+	if why := p.problem(); why != "" {
+		return bad(why)
 	}
 	return p, nil
 }
@@ -79,24 +79,28 @@ func portNumber(s string, zeroOK bool) (int, error) {
 
 // Validate checks a Port built by hand.
 func (p Port) Validate() error {
-	bad := func(why string) error {
+	if why := p.problem(); why != "" {
 		return fmt.Errorf("port %s: %s: %w", p, why, errdefs.ErrInvalidArgument)
 	}
-	if p.Proto != "tcp" && p.Proto != "udp" {
-		return bad("protocol must be tcp or udp")
-	}
-	if p.HostPort < 0 || p.HostPort > 65535 {
-		return bad("host port out of range")
-	}
-	if p.BoxPort < 1 || p.BoxPort > 65535 {
-		return bad("box port out of range")
+	return nil
+}
+
+// problem says what is wrong with p, or "".
+func (p Port) problem() string {
+	switch {
+	case p.Proto != "tcp" && p.Proto != "udp":
+		return "protocol must be tcp or udp"
+	case p.HostPort < 0 || p.HostPort > 65535:
+		return "host port out of range"
+	case p.BoxPort < 1 || p.BoxPort > 65535:
+		return "box port out of range"
 	}
 	if p.HostIP != "" {
 		if _, err := netip.ParseAddr(p.HostIP); err != nil {
-			return bad("host address is not an IP address")
+			return fmt.Sprintf("host address %q is not an IP address", p.HostIP)
 		}
 	}
-	return nil
+	return ""
 }
 
 // bindPorts listens on every forwarded host port and pumps what arrives
