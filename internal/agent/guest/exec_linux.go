@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -145,14 +145,14 @@ func (s *Server) prepare(start *pb.ExecStart) (*execSpec, error) {
 	if !filepath.IsAbs(spec.dir) {
 		return nil, status.Errorf(codes.InvalidArgument, "working directory %q is not absolute", spec.dir)
 	}
-	if p, err := resolveInRoot(root, spec.dir); err != nil || !isDir(p) {
+	if !s.fs.isDir(spec.dir) {
 		return nil, status.Errorf(codes.NotFound, "working directory %q not found", spec.dir)
 	}
 
 	spec.argv0 = spec.name
 	if !strings.Contains(spec.name, "/") {
 		path, _ := getenv(spec.env, "PATH")
-		spec.argv0, err = lookPath(root, spec.name, path)
+		spec.argv0, err = s.fs.lookPath(spec.name, path)
 		switch {
 		case errors.Is(err, errNotInPath):
 			return nil, &startFailure{code: 127, msg: fmt.Sprintf("boxlite: exec: %v\n", err)}
@@ -166,11 +166,11 @@ func (s *Server) prepare(start *pb.ExecStart) (*execSpec, error) {
 // lookupUser resolves a user spec against the box's passwd and group files.
 // With no box root and no spec it describes the agent's own user.
 func (s *Server) lookupUser(spec string) (execUser, error) {
-	passwd, err := readAccounts(s.cfg.Root, "/etc/passwd", parsePasswd)
+	passwd, err := s.fs.passwd.read(s.fs, "/etc/passwd")
 	if err != nil {
 		return execUser{}, status.Errorf(codes.Internal, "exec: %v", err)
 	}
-	groups, err := readAccounts(s.cfg.Root, "/etc/group", parseGroup)
+	groups, err := s.fs.group.read(s.fs, "/etc/group")
 	if err != nil {
 		return execUser{}, status.Errorf(codes.Internal, "exec: %v", err)
 	}
@@ -185,30 +185,6 @@ func (s *Server) lookupUser(spec string) (execUser, error) {
 		return execUser{}, status.Error(codes.InvalidArgument, err.Error())
 	}
 	return u, nil
-}
-
-// readAccounts parses the box's file p; a missing file is empty.
-func readAccounts[T any](root, p string, parse func(io.Reader) ([]T, error)) ([]T, error) {
-	hostPath, err := resolveInRoot(root, p)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	f, err := os.Open(hostPath)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, err
-	}
-	defer f.Close()
-	entries, err := parse(f)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", p, err)
-	}
-	return entries, nil
 }
 
 // credential returns the credential for u, or nil when it is the agent's
@@ -232,11 +208,6 @@ func getenv(env []string, key string) (string, bool) {
 	return "", false
 }
 
-func isDir(p string) bool {
-	fi, err := os.Stat(p)
-	return err == nil && fi.IsDir()
-}
-
 // execution is one running Exec.
 type execution struct {
 	stream grpc.BidiStreamingServer[pb.ExecInput, pb.ExecOutput]
@@ -247,7 +218,8 @@ type execution struct {
 
 	stdin   *os.File   // process input (pipe write end or pty master); nil if none
 	outputs []*os.File // stdout[, stderr] read ends, or the pty master
-	child   []*os.File // the child's ends, closed once it started
+	child   []*os.File // the child's ends, closed once it started; nil: devNull
+	devNull *os.File   // the server's /dev/null, shared
 	exited  atomic.Bool
 }
 
@@ -277,23 +249,20 @@ func (x *execution) openIO(root string) error {
 		}
 		return setWinsize(master, rows, cols)
 	}
-	var in *os.File
 	if x.spec.stdin {
-		r, w, err := os.Pipe()
+		r, w, err := pipe(false)
 		if err != nil {
 			return err
 		}
-		in, x.stdin = r, w
+		x.child, x.stdin = append(x.child, r), w
 	} else {
-		f, err := os.Open(os.DevNull)
-		if err != nil {
-			return err
+		if x.devNull == nil {
+			return errors.New("no /dev/null")
 		}
-		in = f
+		x.child = append(x.child, nil) // /dev/null
 	}
-	x.child = append(x.child, in)
 	for range 2 {
-		r, w, err := os.Pipe()
+		r, w, err := pipe(true)
 		if err != nil {
 			return err
 		}
@@ -303,9 +272,32 @@ func (x *execution) openIO(root string) error {
 	return nil
 }
 
+// pipe returns a pipe whose end for the agent (the read end if readEnd,
+// else the write end) is non-blocking and uses the runtime poller, while
+// the child's end stays blocking, as programs expect. This costs fewer
+// system calls than os.Pipe, whose child end would be switched back.
+func pipe(readEnd bool) (r, w *os.File, err error) {
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		return nil, nil, os.NewSyscallError("pipe2", err)
+	}
+	ours := p[1]
+	if readEnd {
+		ours = p[0]
+	}
+	if err := unix.SetNonblock(ours, true); err != nil {
+		unix.Close(p[0])
+		unix.Close(p[1])
+		return nil, nil, os.NewSyscallError("fcntl", err)
+	}
+	return os.NewFile(uintptr(p[0]), "|0"), os.NewFile(uintptr(p[1]), "|1"), nil
+}
+
 func (x *execution) closeChild() {
 	for _, f := range x.child {
-		f.Close()
+		if f != nil {
+			f.Close()
+		}
 	}
 	x.child = nil
 }
@@ -327,12 +319,19 @@ func (x *execution) childFiles() []uintptr {
 		fd := x.child[0].Fd()
 		return []uintptr{fd, fd, fd}
 	}
-	return []uintptr{x.child[0].Fd(), x.child[1].Fd(), x.child[2].Fd()}
+	fds := make([]uintptr, 3)
+	for i, f := range x.child {
+		if f == nil {
+			f = x.devNull
+		}
+		fds[i] = f.Fd()
+	}
+	return fds
 }
 
 // run starts the process and streams until it has exited.
 func (s *Server) run(stream grpc.BidiStreamingServer[pb.ExecInput, pb.ExecOutput], spec *execSpec) error {
-	x := &execution{stream: stream, spec: spec}
+	x := &execution{stream: stream, spec: spec, devNull: s.devNull}
 	defer x.closeAll()
 	if err := x.openIO(s.cfg.Root); err != nil {
 		return status.Errorf(codes.Internal, "exec: stdio: %v", err)

@@ -2,7 +2,6 @@ package guest
 
 import (
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -79,34 +78,3 @@ var errNotExecutable = errors.New("permission denied")
 
 // errNotInPath means a program name was not found in any PATH directory.
 var errNotInPath = errors.New("executable file not found in $PATH")
-
-// lookPath finds the program name (without '/') in the PATH directories
-// inside the box at root and returns its path as the box sees it. A regular
-// file without an execute bit is skipped, but reported (errNotExecutable)
-// when nothing better is found.
-func lookPath(root, name, path string) (string, error) {
-	sawNonExec := false
-	for _, dir := range filepath.SplitList(path) {
-		if !filepath.IsAbs(dir) { // "" and relative entries mean the cwd: not for an agent
-			continue
-		}
-		candidate := filepath.Join(dir, name)
-		hostPath, err := resolveInRoot(root, candidate)
-		if err != nil {
-			continue
-		}
-		fi, err := os.Stat(hostPath)
-		if err != nil || !fi.Mode().IsRegular() {
-			continue
-		}
-		if fi.Mode()&0o111 == 0 {
-			sawNonExec = true
-			continue
-		}
-		return candidate, nil
-	}
-	if sawNonExec {
-		return "", fmt.Errorf("%q: %w", name, errNotExecutable)
-	}
-	return "", fmt.Errorf("%q: %w", name, errNotInPath)
-}

@@ -86,35 +86,3 @@ func TestResolveInRoot(t *testing.T) {
 		})
 	}
 }
-
-func TestLookPath(t *testing.T) {
-	root := t.TempDir()
-	makeTree(t, root, map[string]string{
-		"bin/busybox":        "x",
-		"bin/sh":             "l:/bin/busybox",
-		"usr/bin/plain":      "f",
-		"usr/local/bin/both": "f",
-		"usr/bin/both":       "x",
-		"usr/bin/dir":        "d",
-	})
-	path := "/usr/local/bin:/usr/bin:/bin:relative:"
-	tests := []struct {
-		name    string
-		want    string
-		wantErr error
-	}{
-		{"sh", "/bin/sh", nil},
-		{"both", "/usr/bin/both", nil},
-		{"plain", "", errNotExecutable},
-		{"dir", "", errNotInPath},
-		{"nope", "", errNotInPath},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := lookPath(root, tt.name, path)
-			if !errors.Is(err, tt.wantErr) || got != tt.want {
-				t.Fatalf("lookPath = %q, %v; want %q, %v", got, err, tt.want, tt.wantErr)
-			}
-		})
-	}
-}

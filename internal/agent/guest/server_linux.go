@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -51,10 +52,14 @@ type Config struct {
 type Server struct {
 	pb.UnimplementedAgentServer
 
-	cfg    Config
-	log    *slog.Logger
-	reaper reaper
-	grpc   *grpc.Server
+	cfg Config
+	fs  *boxFS
+	// devNull is the stdin of processes without one. Opened once, not per
+	// exec; if it cannot be opened, Exec reports the failure.
+	devNull *os.File
+	log     *slog.Logger
+	reaper  reaper
+	grpc    *grpc.Server
 
 	shutdownOnce sync.Once
 }
@@ -76,7 +81,12 @@ func NewServer(cfg Config) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: log, reaper: childReaper{}}
+	s := &Server{cfg: cfg, fs: newBoxFS(cfg.Root), log: log, reaper: childReaper{}}
+	if f, err := os.Open(os.DevNull); err == nil {
+		s.devNull = f
+	} else {
+		log.Error("open /dev/null", "err", err)
+	}
 	if cfg.ReapAll {
 		initReaperOnce.Do(func() { theInitReaper = newInitReaper() })
 		s.reaper = theInitReaper
