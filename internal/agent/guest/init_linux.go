@@ -75,6 +75,9 @@ func Main() {
 	for _, err := range mountBase() {
 		log.Error("init: mount", "err", err)
 	}
+	if err := raiseTimerSlack(); err != nil {
+		log.Error("init: timer slack", "err", err)
+	}
 	late := loadModules(log)
 	if err := loopbackUp(); err != nil {
 		log.Error("init: loopback up", "err", err)

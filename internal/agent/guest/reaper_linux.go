@@ -59,7 +59,7 @@ type reaper interface {
 type childReaper struct{}
 
 func (childReaper) start(argv0 string, argv []string, attr *syscall.ProcAttr) (*process, error) {
-	pid, err := syscall.ForkExec(argv0, argv, attr)
+	pid, err := forkExec(argv0, argv, attr)
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +115,7 @@ func newInitReaper() *initReaper {
 func (r *initReaper) start(argv0 string, argv []string, attr *syscall.ProcAttr) (*process, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	pid, err := syscall.ForkExec(argv0, argv, attr)
+	pid, err := forkExec(argv0, argv, attr)
 	if err != nil {
 		return nil, err
 	}
