@@ -21,6 +21,10 @@ import (
 // -ldflags "-X github.com/boxlite-go/boxlite/internal/agent/guest.Version=...".
 var Version = "dev"
 
+// streamWindow is the HTTP/2 flow-control window of each stream the agent
+// receives (stdin); a fixed window also turns off gRPC's bandwidth probes.
+const streamWindow = 1 << 20
+
 // Config configures a Server.
 type Config struct {
 	// Root is the box's root directory as the agent sees it (/box in the VM).
@@ -92,6 +96,12 @@ func NewServer(cfg Config) *Server {
 		s.reaper = theInitReaper
 	}
 	s.grpc = grpc.NewServer(
+		// Static flow-control windows: with gRPC's default, every exec also
+		// cost a bandwidth-estimation PING each way, and their acks, which
+		// under software emulation are guest wake-ups the exec waits for.
+		// 1 MiB per stream bounds what stdin may buffer here.
+		grpc.InitialWindowSize(streamWindow),
+		grpc.InitialConnWindowSize(4*streamWindow),
 		// The host may ping idle connections to detect a dead guest.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             time.Second,
