@@ -10,6 +10,9 @@
 //     initramfs, disk) until the agent answers Hello — no runtime code.
 //   - box boot to first exec: Box.Start, then Exec("true") and Wait.
 //   - exec round trip: Exec("true") + Wait on a running box.
+//   - guest CPU per exec: what the agent and its children used during the
+//     exec loop, from the guest's /proc/1/stat. Under TCG the round trip is
+//     mostly this, and it varies less with the host's load than the time.
 //
 // Boots alternate between the two kinds so that drift in the machine's
 // speed hits both equally.
@@ -19,11 +22,14 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -149,6 +155,10 @@ func run(agent, rootfs, accel string, cpus, boots, execs, list int) error {
 	if err != nil {
 		return fmt.Errorf("ping: %w", err)
 	}
+	cpu0, err := guestCPU(ctx, box)
+	if err != nil {
+		return err
+	}
 	var execT []time.Duration
 	for range execs {
 		t0 := time.Now()
@@ -156,6 +166,10 @@ func run(agent, rootfs, accel string, cpus, boots, execs, list int) error {
 			return err
 		}
 		execT = append(execT, time.Since(t0))
+	}
+	cpu1, err := guestCPU(ctx, box)
+	if err != nil {
+		return err
 	}
 	if err := box.Stop(ctx); err != nil {
 		return err
@@ -188,6 +202,7 @@ func run(agent, rootfs, accel string, cpus, boots, execs, list int) error {
 	fmt.Printf("| Box.Start of a stopped box (to agent ready) | %d | %s | %s | %.2f |\n", len(startT), ms(pct(startT, 50)), ms(pct(startT, 99)), float64(pct(startT, 50))/float64(rawMed))
 	fmt.Printf("| Runtime.List over %d boxes | %d | %s | %s | |\n", list, len(listT), ms(pct(listT, 50)), ms(pct(listT, 99)))
 	fmt.Printf("| exec round trip (exec true + wait), p50 | %d | %s | %s | |\n", len(execT), ms(pct(execT, 50)), ms(pct(execT, 99)))
+	fmt.Printf("| guest CPU per exec (agent + process, from /proc/1/stat), mean | %d | %s | | |\n", len(execT), ms((cpu1-cpu0)/time.Duration(len(execT))))
 	fmt.Printf("| agent ping (Hello round trip), p50 | %d | %s | %s | |\n", len(pingT), ms(pct(pingT, 50)), ms(pct(pingT, 99)))
 	return nil
 }
@@ -202,6 +217,37 @@ func boxBoot(ctx context.Context, box *boxlite.Box) (time.Duration, error) {
 	}
 	d := time.Since(t0)
 	return d, box.Stop(ctx)
+}
+
+// guestCPU returns the CPU time the guest's PID 1 (the agent) and its
+// reaped children have used, read from /proc/1/stat inside the box.
+func guestCPU(ctx context.Context, box *boxlite.Box) (time.Duration, error) {
+	ex, err := box.Exec(ctx, boxlite.Command{Name: "cat", Args: []string{"/proc/1/stat"}})
+	if err != nil {
+		return 0, err
+	}
+	out, err := io.ReadAll(ex.Stdout())
+	if err != nil {
+		return 0, err
+	}
+	if _, err := ex.Wait(ctx); err != nil {
+		return 0, err
+	}
+	// Fields after "(comm) ": state is 3, utime..cstime are 14..17.
+	_, rest, ok := strings.Cut(string(out), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 15 {
+		return 0, fmt.Errorf("guest /proc/1/stat: %q", out)
+	}
+	var ticks int64
+	for _, v := range f[11:15] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("guest /proc/1/stat: %q", out)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * (time.Second / 100), nil // USER_HZ
 }
 
 func execTrue(ctx context.Context, box *boxlite.Box) error {

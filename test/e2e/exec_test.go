@@ -149,6 +149,24 @@ func TestUser(t *testing.T) {
 	if !strings.HasPrefix(r.stdout, "/home/user\n") || !strings.Contains(r.stdout, "users") {
 		t.Errorf("user home/groups: %q", r.stdout)
 	}
+
+	// The agent keeps parsed account files: a user added just now must
+	// still be found by the very next exec.
+	run(t, box, sh(`echo 'late:x:4321:4321:late:/home/late:/bin/sh' >> /etc/passwd`))
+	r = run(t, box, boxlite.Command{Name: "sh", Args: []string{"-c", "echo $(id -u) $HOME"}, User: "late"})
+	if got := strings.TrimSpace(r.stdout); got != "4321 /home/late" {
+		t.Errorf("user added just before the exec: %q (stderr %q)", got, r.stderr)
+	}
+}
+
+// TestTimerSlack checks that the agent runs with its raised timer slack
+// but the processes it starts get the kernel's usual 50 µs.
+func TestTimerSlack(t *testing.T) {
+	box := sharedBox(t)
+	r := run(t, box, sh(`cat /proc/self/timerslack_ns; cat /proc/1/timerslack_ns`))
+	if got := strings.Fields(r.stdout); len(got) != 2 || got[0] != "50000" || got[1] != "1000000" {
+		t.Fatalf("timer slack of a box process and of the agent: %q (stderr %q)", r.stdout, r.stderr)
+	}
 }
 
 func TestBadCommands(t *testing.T) {
