@@ -12,7 +12,14 @@
 //   - exec round trip: Exec("true") + Wait on a running box.
 //   - guest CPU per exec: what the agent and its children used during the
 //     exec loop, from the guest's /proc/1/stat. Under TCG the round trip is
-//     mostly this, and it varies less with the host's load than the time.
+//     mostly this.
+//
+// With -ab OTHER_AGENT it instead compares the exec of two guest agents
+// (say, main's and a change's), one box each, execs interleaved, with the
+// guest's CPU and context switches per exec:
+//
+//	git stash && make build && cp bin/boxlite-agent /tmp/agent-main && git stash pop
+//	make build && go run ./bench -agent /tmp/agent-main -ab bin/boxlite-agent
 //
 // Boots alternate between the two kinds so that drift in the machine's
 // speed hits both equally.
@@ -22,14 +29,11 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -56,7 +60,15 @@ func main() {
 	clone := flag.Bool("clone", false, "run the clone/export benchmark instead")
 	netb := flag.Bool("net", false, "run the network benchmark (against QEMU's slirp) instead")
 	netMiB := flag.Int("net-mib", 32, "MiB per throughput transfer")
+	ab := flag.String("ab", "", "another agent binary: compare its exec with -agent's instead")
 	flag.Parse()
+	if *ab != "" {
+		if err := abBench(context.Background(), [2]string{*agent, *ab}, *rootfs, *accel, *cpus, *execs); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *netb {
 		fmt.Println("| benchmark | n | median | baseline | ratio |")
 		fmt.Println("|---|---|---|---|---|")
@@ -155,7 +167,7 @@ func run(agent, rootfs, accel string, cpus, boots, execs, list int) error {
 	if err != nil {
 		return fmt.Errorf("ping: %w", err)
 	}
-	cpu0, err := guestCPU(ctx, box)
+	stats0, err := readGuestStats(ctx, box)
 	if err != nil {
 		return err
 	}
@@ -167,7 +179,7 @@ func run(agent, rootfs, accel string, cpus, boots, execs, list int) error {
 		}
 		execT = append(execT, time.Since(t0))
 	}
-	cpu1, err := guestCPU(ctx, box)
+	stats1, err := readGuestStats(ctx, box)
 	if err != nil {
 		return err
 	}
@@ -202,7 +214,7 @@ func run(agent, rootfs, accel string, cpus, boots, execs, list int) error {
 	fmt.Printf("| Box.Start of a stopped box (to agent ready) | %d | %s | %s | %.2f |\n", len(startT), ms(pct(startT, 50)), ms(pct(startT, 99)), float64(pct(startT, 50))/float64(rawMed))
 	fmt.Printf("| Runtime.List over %d boxes | %d | %s | %s | |\n", list, len(listT), ms(pct(listT, 50)), ms(pct(listT, 99)))
 	fmt.Printf("| exec round trip (exec true + wait), p50 | %d | %s | %s | |\n", len(execT), ms(pct(execT, 50)), ms(pct(execT, 99)))
-	fmt.Printf("| guest CPU per exec (agent + process, from /proc/1/stat), mean | %d | %s | | |\n", len(execT), ms((cpu1-cpu0)/time.Duration(len(execT))))
+	fmt.Printf("| guest CPU per exec (agent + process, from /proc/1/stat), mean | %d | %s | | |\n", len(execT), ms((stats1.agent+stats1.children-stats0.agent-stats0.children)/time.Duration(len(execT))))
 	fmt.Printf("| agent ping (Hello round trip), p50 | %d | %s | %s | |\n", len(pingT), ms(pct(pingT, 50)), ms(pct(pingT, 99)))
 	return nil
 }
@@ -217,37 +229,6 @@ func boxBoot(ctx context.Context, box *boxlite.Box) (time.Duration, error) {
 	}
 	d := time.Since(t0)
 	return d, box.Stop(ctx)
-}
-
-// guestCPU returns the CPU time the guest's PID 1 (the agent) and its
-// reaped children have used, read from /proc/1/stat inside the box.
-func guestCPU(ctx context.Context, box *boxlite.Box) (time.Duration, error) {
-	ex, err := box.Exec(ctx, boxlite.Command{Name: "cat", Args: []string{"/proc/1/stat"}})
-	if err != nil {
-		return 0, err
-	}
-	out, err := io.ReadAll(ex.Stdout())
-	if err != nil {
-		return 0, err
-	}
-	if _, err := ex.Wait(ctx); err != nil {
-		return 0, err
-	}
-	// Fields after "(comm) ": state is 3, utime..cstime are 14..17.
-	_, rest, ok := strings.Cut(string(out), ") ")
-	f := strings.Fields(rest)
-	if !ok || len(f) < 15 {
-		return 0, fmt.Errorf("guest /proc/1/stat: %q", out)
-	}
-	var ticks int64
-	for _, v := range f[11:15] {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("guest /proc/1/stat: %q", out)
-		}
-		ticks += n
-	}
-	return time.Duration(ticks) * (time.Second / 100), nil // USER_HZ
 }
 
 func execTrue(ctx context.Context, box *boxlite.Box) error {
