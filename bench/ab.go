@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -74,20 +73,11 @@ func abBench(ctx context.Context, agents [2]string, rootfs, accel string, cpus, 
 	var sides []*side
 	for _, agent := range agents {
 		agent, _ = filepath.Abs(agent)
-		home, err := os.MkdirTemp("", "boxlite-bench-ab-")
+		rt, _, closeRT, err := tempRuntime(ctx, "boxlite-bench-ab-", agent, accel)
 		if err != nil {
 			return err
 		}
-		defer os.RemoveAll(home)
-		rt, err := boxlite.NewRuntime(boxlite.Options{HomeDir: home, AgentPath: agent, Accel: accel})
-		if err != nil {
-			return err
-		}
-		defer func() {
-			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			defer cancel()
-			rt.Shutdown(sctx)
-		}()
+		defer closeRT()
 		box, err := rt.Create(ctx, boxlite.BoxOptions{Rootfs: rootfs, CPUs: cpus}, "ab")
 		if err != nil {
 			return err

@@ -15,16 +15,11 @@ import (
 // throughput against qemu-img convert + zstd of the same chain; the pause
 // of a running box during a live clone and a live export.
 func cloneBench(ctx context.Context, agent, rootfs, accel string) error {
-	home, err := os.MkdirTemp("", "boxlite-bench-clone-")
+	rt, home, closeRT, err := tempRuntime(ctx, "boxlite-bench-clone-", agent, accel)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(home)
-	rt, err := boxlite.NewRuntime(boxlite.Options{HomeDir: home, AgentPath: agent, Accel: accel})
-	if err != nil {
-		return err
-	}
-	defer rt.Shutdown(ctx)
+	defer closeRT()
 
 	mk := func(name, script string) (*boxlite.Box, error) {
 		b, err := rt.Create(ctx, boxlite.BoxOptions{Rootfs: rootfs}, name)

@@ -104,23 +104,13 @@ func main() {
 
 func run(agent, rootfs, accel string, cpus, boots, execs, list int) error {
 	ctx := context.Background()
-	home, err := os.MkdirTemp("", "boxlite-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(home)
 	agent, _ = filepath.Abs(agent)
 	rootfs, _ = filepath.Abs(rootfs)
-
-	rt, err := boxlite.NewRuntime(boxlite.Options{HomeDir: home, AgentPath: agent, Accel: accel})
+	rt, home, closeRT, err := tempRuntime(ctx, "boxlite-bench-", agent, accel)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		rt.Shutdown(sctx)
-	}()
+	defer closeRT()
 	box, err := rt.Create(ctx, boxlite.BoxOptions{Rootfs: rootfs, CPUs: cpus}, "bench")
 	if err != nil {
 		return err
@@ -217,6 +207,26 @@ func run(agent, rootfs, accel string, cpus, boots, execs, list int) error {
 	fmt.Printf("| guest CPU per exec (agent + process, from /proc/1/stat), mean | %d | %s | | |\n", len(execT), ms((stats1.agent+stats1.children-stats0.agent-stats0.children)/time.Duration(len(execT))))
 	fmt.Printf("| agent ping (Hello round trip), p50 | %d | %s | %s | |\n", len(pingT), ms(pct(pingT, 50)), ms(pct(pingT, 99)))
 	return nil
+}
+
+// tempRuntime returns a runtime in a new temporary home directory; done
+// shuts it down and removes the home.
+func tempRuntime(ctx context.Context, prefix, agent, accel string) (rt *boxlite.Runtime, home string, done func(), err error) {
+	home, err = os.MkdirTemp("", prefix)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	rt, err = boxlite.NewRuntime(boxlite.Options{HomeDir: home, AgentPath: agent, Accel: accel})
+	if err != nil {
+		os.RemoveAll(home)
+		return nil, "", nil, err
+	}
+	return rt, home, func() {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		rt.Shutdown(sctx)
+		os.RemoveAll(home)
+	}, nil
 }
 
 func boxBoot(ctx context.Context, box *boxlite.Box) (time.Duration, error) {

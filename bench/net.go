@@ -40,16 +40,11 @@ func netBench(ctx context.Context, agent, rootfs, accel string, mib, rounds, rtt
 			os.Setenv("BOXLITE_NET_BASELINE", "slirp")
 			defer os.Unsetenv("BOXLITE_NET_BASELINE")
 		}
-		home, err := os.MkdirTemp("", "boxlite-bench-net-")
+		rt, _, closeRT, err := tempRuntime(ctx, "boxlite-bench-net-", agent, accel)
 		if err != nil {
 			return res, err
 		}
-		defer os.RemoveAll(home)
-		rt, err := boxlite.NewRuntime(boxlite.Options{HomeDir: home, AgentPath: agent, Accel: accel})
-		if err != nil {
-			return res, err
-		}
-		defer rt.Shutdown(ctx)
+		defer closeRT()
 		// slirp cannot pick host ports: both get fixed free ones.
 		sink, web := freePort(), freePort()
 		opts := boxlite.BoxOptions{Rootfs: rootfs, Ports: []boxlite.PortMapping{

@@ -21,16 +21,26 @@ const reaperHelperEnv = "BOXLITE_TEST_INIT_REAPER"
 // process made a child subreaper, so orphans are reparented to it as they
 // would be to init — without stealing children from this test process.
 func TestInitReaper(t *testing.T) {
-	if os.Getenv(reaperHelperEnv) == "1" {
+	if inChild(t, reaperHelperEnv) {
 		initReaperHelper(t)
-		return
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestInitReaper$", "-test.v")
-	cmd.Env = append(os.Environ(), reaperHelperEnv+"=1")
+}
+
+// inChild runs the calling test again in a child test process, with env
+// set to "1" there, and fails if it fails. It reports whether the caller
+// is that child, which then does the test's work.
+func inChild(t *testing.T, env string) bool {
+	t.Helper()
+	if os.Getenv(env) == "1" {
+		return true
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v")
+	cmd.Env = append(os.Environ(), env+"=1")
 	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "--- PASS: TestInitReaper") {
-		t.Fatalf("helper failed: %v\n%s", err, out)
+	if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()) {
+		t.Fatalf("child test process failed: %v\n%s", err, out)
 	}
+	return false
 }
 
 func initReaperHelper(t *testing.T) {

@@ -2,7 +2,6 @@ package guest
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,18 +16,11 @@ const slackHelperEnv = "BOXLITE_TEST_TIMER_SLACK"
 // processes the server starts get the usual slack back. It runs in a child
 // test process, whose threads it may change.
 func TestTimerSlack(t *testing.T) {
-	if os.Getenv(slackHelperEnv) == "1" {
-		timerSlackHelper(t)
-		return
-	}
 	if os.Geteuid() != 0 {
 		t.Skip("setting another thread's timer slack needs CAP_SYS_NICE (the agent runs as root)")
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestTimerSlack$", "-test.v")
-	cmd.Env = append(os.Environ(), slackHelperEnv+"=1")
-	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "--- PASS: TestTimerSlack") {
-		t.Fatalf("helper failed: %v\n%s", err, out)
+	if inChild(t, slackHelperEnv) {
+		timerSlackHelper(t)
 	}
 }
 
