@@ -106,7 +106,17 @@ func (f *boxFlags) options(args []string) (boxlite.BoxOptions, []string, error) 
 		}
 		opts.Image, args = args[0], args[1:]
 	}
-	return opts, args, nil
+	return opts, dropDash(args), nil
+}
+
+// dropDash removes the "--" that may separate a box (or image) from the
+// command, as in "exec BOX -- CMD": flag parsing stops at BOX, so the dash
+// is still there.
+func dropDash(args []string) []string {
+	if len(args) > 0 && args[0] == "--" {
+		return args[1:]
+	}
+	return args
 }
 
 func newCreateCmd(g *globals) *cobra.Command {

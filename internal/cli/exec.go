@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -20,7 +21,7 @@ func newExecCmd(g *globals) *cobra.Command {
 		timeout time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "exec [flags] BOX COMMAND [ARG...]",
+		Use:   "exec [flags] BOX [--] COMMAND [ARG...]",
 		Short: "Run a command in a running box",
 		Long: "Exec runs COMMAND in a running box, which another boxlite process may have\n" +
 			"started, and exits with its exit code: 127 when it is not found, 126 when it\n" +
@@ -34,7 +35,11 @@ func newExecCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				c := boxlite.Command{Name: args[1], Args: args[2:], Env: env, WorkingDir: workdir, User: user, Timeout: timeout}
+				command := dropDash(args[1:])
+				if len(command) == 0 {
+					return fmt.Errorf("give a COMMAND after the box: %w", boxlite.ErrInvalidArgument)
+				}
+				c := boxlite.Command{Name: command[0], Args: command[1:], Env: env, WorkingDir: workdir, User: user, Timeout: timeout}
 				return s.exec(ctx, cmd, box, c)
 			})
 		},
