@@ -30,8 +30,8 @@ type boxFS struct {
 // noOpenat2 is set once openat2 has failed with ENOSYS.
 var noOpenat2 atomic.Bool
 
-// newBoxFS returns a boxFS for root. If the root cannot be opened now, every
-// later open fails with the reason.
+// newBoxFS returns a boxFS for root. If the root cannot be opened now, paths
+// are resolved by walking them.
 func newBoxFS(root string) *boxFS {
 	b := &boxFS{root: root, fd: -1}
 	b.passwd.parse, b.group.parse = parsePasswd, parseGroup
@@ -52,17 +52,19 @@ func (b *boxFS) open(p string, flags int) (int, error) {
 	}
 	if b.fd >= 0 && !noOpenat2.Load() {
 		how := &unix.OpenHow{Flags: uint64(flags), Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS}
-		for {
+		// EAGAIN means a rename or mount raced with the lookup. A box
+		// renaming in a loop must not keep the agent here: after a few
+		// tries the walk below decides.
+		for range 8 {
 			fd, err := unix.Openat2(b.fd, p, how)
-			// EAGAIN: a concurrent rename inside the root; try again.
 			if err == unix.EINTR || err == unix.EAGAIN {
 				continue
 			}
-			if err != unix.ENOSYS {
-				return fd, err
+			if err == unix.ENOSYS {
+				noOpenat2.Store(true)
+				break
 			}
-			noOpenat2.Store(true)
-			break
+			return fd, err
 		}
 	}
 	hostPath, err := resolveInRoot(b.root, p)
