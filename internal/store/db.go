@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -12,7 +13,8 @@ import (
 
 	"github.com/boxlite-go/boxlite/internal/errdefs"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" driver (pure Go, no CGO)
+	"modernc.org/sqlite" // registers the "sqlite" driver (pure Go, no CGO)
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // busyTimeout is how long a statement waits for another connection or
@@ -81,11 +83,35 @@ func open(ctx context.Context, l Layout, path string) (*DB, error) {
 		return nil, err
 	}
 	db := &DB{db: sqldb, path: path}
-	if err := db.migrate(ctx); err != nil {
-		sqldb.Close()
-		return nil, err
+	// The first connection to a fresh database turns on WAL mode. When
+	// several processes do that at once, SQLite answers SQLITE_BUSY without
+	// waiting for the busy timeout (two connections holding a shared lock
+	// and both wanting the exclusive one would deadlock), so that case is
+	// retried here, within the same timeout.
+	deadline := time.Now().Add(busyTimeout)
+	for {
+		err := db.migrate(ctx)
+		if err == nil {
+			return db, nil
+		}
+		if !isBusy(err) || time.Now().After(deadline) {
+			sqldb.Close()
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			sqldb.Close()
+			return nil, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
-	return db, nil
+}
+
+// isBusy reports whether err is SQLite's "database is locked", in any of
+// its extended forms.
+func isBusy(err error) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_BUSY
 }
 
 // Close closes the database.
