@@ -62,41 +62,29 @@ func main() {
 	netMiB := flag.Int("net-mib", 32, "MiB per throughput transfer")
 	ab := flag.String("ab", "", "another agent binary: compare its exec with -agent's instead")
 	flag.Parse()
-	if *ab != "" {
-		if err := abBench(context.Background(), [2]string{*agent, *ab}, *rootfs, *accel, *cpus, *execs); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
-		return
-	}
-	if *netb {
-		fmt.Println("| benchmark | n | median | baseline | ratio |")
+
+	ctx := context.Background()
+	table := func(header string) {
+		fmt.Println(header)
 		fmt.Println("|---|---|---|---|---|")
-		if err := netBench(context.Background(), *agent, *rootfs, *accel, *netMiB, 5, 50); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
-		return
 	}
-	if *clone {
-		fmt.Println("| benchmark | n | median | p99 | ratio |")
-		fmt.Println("|---|---|---|---|---|")
-		if err := cloneBench(context.Background(), *agent, *rootfs, *accel); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
-		return
+	var err error
+	switch {
+	case *ab != "":
+		err = abBench(ctx, [2]string{*agent, *ab}, *rootfs, *accel, *cpus, *execs)
+	case *netb:
+		table("| benchmark | n | median | baseline | ratio |")
+		err = netBench(ctx, *agent, *rootfs, *accel, *netMiB, 5, 50)
+	case *clone:
+		table("| benchmark | n | median | p99 | ratio |")
+		err = cloneBench(ctx, *agent, *rootfs, *accel)
+	case *images != "":
+		table("| benchmark | n | median | p99 | ratio |")
+		err = imageBench(ctx, *images, *crane, 5)
+	default:
+		err = run(*agent, *rootfs, *accel, *cpus, *boots, *execs, *list)
 	}
-	if *images != "" {
-		fmt.Println("| benchmark | n | median | p99 | ratio |")
-		fmt.Println("|---|---|---|---|---|")
-		if err := imageBench(context.Background(), *images, *crane, 5); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
-		return
-	}
-	if err := run(*agent, *rootfs, *accel, *cpus, *boots, *execs, *list); err != nil {
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
