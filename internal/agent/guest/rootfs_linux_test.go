@@ -169,4 +169,16 @@ func TestAccountCacheHit(t *testing.T) {
 	if len(g2) != 2 || &g1[0] != &g2[0] {
 		t.Fatal("an unchanged file was parsed again")
 	}
+	// Replaced (a new inode, as editors and useradd do): read again even
+	// though the cache would accept a file of any age.
+	tmp := filepath.Join(root, "etc/group.new")
+	if err := os.WriteFile(tmp, []byte("root:x:0:\nwheel:x:10:root\nstaff:x:50:\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(root, "etc/group")); err != nil {
+		t.Fatal(err)
+	}
+	if g3, err := b.group.read(b, "/etc/group"); err != nil || len(g3) != 3 {
+		t.Fatalf("a replaced file was served from the cache: %+v, %v", g3, err)
+	}
 }
