@@ -190,6 +190,8 @@ func run(agent, rootfs, accel string, cpus, boots, execs, list int) error {
 	fmt.Printf("| raw QEMU boot to agent Hello (baseline) | %d | %s | %s | 1.00 |\n", len(rawT), ms(rawMed), ms(pct(rawT, 99)))
 	fmt.Printf("| box boot to first exec (Start + exec true) | %d | %s | %s | %.2f |\n", len(boxT), ms(boxMed), ms(pct(boxT, 99)), float64(boxMed)/float64(rawMed))
 	fmt.Printf("| Box.Start of a stopped box (to agent ready) | %d | %s | %s | %.2f |\n", len(startT), ms(pct(startT, 50)), ms(pct(startT, 99)), float64(pct(startT, 50))/float64(rawMed))
+	fmt.Printf("| box boot to first exec, paired: median of box/raw over consecutive pairs | %d | | | %.2f |\n", len(boxT), pairedRatio(boxT, rawT))
+	fmt.Printf("| Box.Start, paired: median of Start/raw over consecutive pairs | %d | | | %.2f |\n", len(startT), pairedRatio(startT, rawT))
 	fmt.Printf("| Runtime.List over %d boxes | %d | %s | %s | |\n", list, len(listT), ms(pct(listT, 50)), ms(pct(listT, 99)))
 	fmt.Printf("| exec round trip (exec true + wait), p50 | %d | %s | %s | |\n", len(execT), ms(pct(execT, 50)), ms(pct(execT, 99)))
 	fmt.Printf("| guest CPU per exec (agent + process, from /proc/1/stat), mean | %d | %s | | |\n", len(execT), ms((stats1.agent+stats1.children-stats0.agent-stats0.children)/time.Duration(len(execT))))
@@ -353,6 +355,22 @@ func pct(ds []time.Duration, p int) time.Duration {
 		i--
 	}
 	return s[i]
+}
+
+// pairedRatio is the median of a[i]/b[i]. Each pair ran back to back, so
+// the machine's drift over the run (this host's speed moves by half
+// within minutes) cancels out of each ratio instead of landing in one of
+// the two medians.
+func pairedRatio(a, b []time.Duration) float64 {
+	r := make([]float64, len(a))
+	for i := range a {
+		r[i] = float64(a[i]) / float64(b[i])
+	}
+	sort.Float64s(r)
+	if n := len(r); n%2 == 0 {
+		return (r[n/2-1] + r[n/2]) / 2
+	}
+	return r[len(r)/2]
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }

@@ -10,6 +10,7 @@ import (
 	"hash"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/boxlite-go/boxlite/internal/errdefs"
@@ -17,7 +18,7 @@ import (
 
 // cacheVersion is hashed into every cache key; bump it when the archive
 // layout changes so that stale archives are not reused.
-const cacheVersion = "boxlite-initramfs-v1"
+const cacheVersion = "boxlite-initramfs-v2"
 
 // BuildOptions describes an initramfs.
 type BuildOptions struct {
@@ -38,8 +39,8 @@ type BuildOptions struct {
 
 // Build returns the path of the initramfs described by o, building it in
 // o.CacheDir unless an identical one is there. The file is named after a
-// sha256 of the agent and of the module names and contents, in load
-// order: initramfs-<16 hex digits>.cpio. It is written to a temporary
+// sha256 of the agent, the module list and the modules' names and
+// contents: initramfs-<16 hex digits>.cpio. It is written to a temporary
 // file renamed into place, so concurrent builds are safe and an
 // interrupted one leaves nothing behind. A missing agent or modules
 // directory is an error wrapping [errdefs.ErrMissingDependency].
@@ -52,7 +53,7 @@ func Build(ctx context.Context, o BuildOptions) (path string, err error) {
 		return "", fmt.Errorf("initramfs: guest agent %q: %w: %v (build it with: CGO_ENABLED=0 go build -o %s ./cmd/boxlite-agent)",
 			o.AgentPath, errdefs.ErrMissingDependency, err, o.AgentPath)
 	}
-	mods, err := readModules(ctx, o)
+	mods, list, err := readModules(ctx, o)
 	if err != nil {
 		return "", err
 	}
@@ -60,10 +61,8 @@ func Build(ctx context.Context, o BuildOptions) (path string, err error) {
 	h := sha256.New()
 	hashField(h, []byte(cacheVersion))
 	hashField(h, agent)
+	hashField(h, []byte(list))
 	for _, m := range mods {
-		if m.late {
-			hashField(h, []byte(LateMarker))
-		}
 		hashField(h, []byte(m.name))
 		hashField(h, m.data)
 	}
@@ -74,7 +73,7 @@ func Build(ctx context.Context, o BuildOptions) (path string, err error) {
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
-	if err := writeAtomic(dst, func(f *os.File) error { return writeArchive(f, agent, mods) }); err != nil {
+	if err := writeAtomic(dst, func(f *os.File) error { return writeArchive(f, agent, mods, list) }); err != nil {
 		return "", fmt.Errorf("initramfs: %w", err)
 	}
 	return dst, nil
@@ -84,70 +83,91 @@ func Build(ctx context.Context, o BuildOptions) (path string, err error) {
 type module struct {
 	name string // file name, e.g. "virtio_blk.ko"
 	data []byte
-	late bool // loaded after the agent serves
 }
 
-// readModules resolves and reads the modules of o, in load order.
-func readModules(ctx context.Context, o BuildOptions) ([]module, error) {
+// group is one line of /etc/boxlite/modules: a requested module after its
+// dependencies (file names), loaded only when a device matches one of its
+// when patterns, if it has any.
+type group struct {
+	files []string
+	when  []string
+}
+
+// line renders g in the module list's syntax:
+// "dep.ko ... mod.ko [when pattern ...]".
+func (g group) line() string {
+	s := strings.Join(g.files, " ")
+	if len(g.when) > 0 {
+		s += " " + WhenMarker + " " + strings.Join(g.when, " ")
+	}
+	return s
+}
+
+// readModules resolves and reads the modules of o: every file once, and
+// the module list in load order.
+func readModules(ctx context.Context, o BuildOptions) ([]module, string, error) {
 	names, late := o.Modules, o.LateModules
 	if names == nil && late == nil {
 		late = DefaultLateModules
 	}
 	if o.ModulesDir == "" {
 		if len(names) > 0 || len(o.LateModules) > 0 {
-			return nil, fmt.Errorf("initramfs: %w: modules %v requested without a modules directory", errdefs.ErrInvalidArgument, names)
+			return nil, "", fmt.Errorf("initramfs: %w: modules %v requested without a modules directory", errdefs.ErrInvalidArgument, names)
 		}
-		return nil, nil
+		return nil, "", nil
 	}
 	if names == nil {
 		names = DefaultModules
 	}
 	if len(names) == 0 && len(late) == 0 {
-		return nil, nil
+		return nil, "", nil
 	}
 	if fi, err := os.Stat(o.ModulesDir); err != nil || !fi.IsDir() {
-		return nil, fmt.Errorf("initramfs: kernel modules directory %q: %w (install the kernel and its modules with %q)",
+		return nil, "", fmt.Errorf("initramfs: kernel modules directory %q: %w (install the kernel and its modules with %q)",
 			o.ModulesDir, errdefs.ErrMissingDependency, "apt-get install linux-image-cloud-amd64")
 	}
-	paths, err := ModuleOrder(o.ModulesDir, names)
+	early, err := moduleGroups(o.ModulesDir, names)
 	if err != nil {
-		return nil, fmt.Errorf("initramfs: %w", err)
+		return nil, "", fmt.Errorf("initramfs: %w", err)
 	}
-	early := len(paths)
-	latePaths, err := ModuleOrder(o.ModulesDir, late)
+	lateGroups, err := moduleGroups(o.ModulesDir, late)
 	if err != nil {
-		return nil, fmt.Errorf("initramfs: %w", err)
+		return nil, "", fmt.Errorf("initramfs: %w", err)
 	}
-	have := map[string]bool{}
-	for _, p := range paths {
-		have[p] = true
+
+	var list strings.Builder
+	var mods []module
+	seen := map[string]string{} // file name -> path
+	for i, g := range slices.Concat(early, lateGroups) {
+		if i == len(early) && len(lateGroups) > 0 {
+			list.WriteString(LateMarker + "\n")
+		}
+		var files []string
+		for _, p := range g.files {
+			if err := ctx.Err(); err != nil {
+				return nil, "", err
+			}
+			name := filepath.Base(p)
+			files = append(files, name)
+			if other, dup := seen[name]; dup {
+				if other != p {
+					return nil, "", fmt.Errorf("initramfs: modules %s and %s share the file name %s", other, p, name)
+				}
+				continue
+			}
+			seen[name] = p
+			if !filepath.IsAbs(p) {
+				p = filepath.Join(o.ModulesDir, p)
+			}
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return nil, "", fmt.Errorf("initramfs: kernel module: %w", err)
+			}
+			mods = append(mods, module{name: name, data: data})
+		}
+		list.WriteString(group{files: files, when: g.when}.line() + "\n")
 	}
-	for _, p := range latePaths {
-		if !have[p] {
-			paths = append(paths, p)
-		}
-	}
-	mods := make([]module, 0, len(paths))
-	seen := map[string]string{}
-	for i, p := range paths {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		name := filepath.Base(p)
-		if other, dup := seen[name]; dup {
-			return nil, fmt.Errorf("initramfs: modules %s and %s share the file name %s", other, p, name)
-		}
-		seen[name] = p
-		if !filepath.IsAbs(p) {
-			p = filepath.Join(o.ModulesDir, p)
-		}
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return nil, fmt.Errorf("initramfs: kernel module: %w", err)
-		}
-		mods = append(mods, module{name: name, data: data, late: i >= early})
-	}
-	return mods, nil
+	return mods, list.String(), nil
 }
 
 // hashField adds a length-prefixed field, so that field boundaries are
@@ -175,7 +195,7 @@ var archiveDirs = []struct {
 }
 
 // writeArchive writes the initramfs to f.
-func writeArchive(f *os.File, agent []byte, mods []module) error {
+func writeArchive(f *os.File, agent []byte, mods []module, list string) error {
 	bw := bufio.NewWriterSize(f, 1<<20)
 	w := NewWriter(bw)
 	for _, d := range archiveDirs {
@@ -186,19 +206,12 @@ func writeArchive(f *os.File, agent []byte, mods []module) error {
 	if err := w.CharDevice("dev/console", 0o600, 5, 1); err != nil {
 		return err
 	}
-	var list strings.Builder
-	marked := false
 	for _, m := range mods {
 		if err := w.File("lib/modules/"+m.name, 0o644, m.data); err != nil {
 			return err
 		}
-		if m.late && !marked {
-			list.WriteString(LateMarker + "\n")
-			marked = true
-		}
-		list.WriteString(m.name + "\n")
 	}
-	if err := w.File("etc/boxlite/modules", 0o644, []byte(list.String())); err != nil {
+	if err := w.File("etc/boxlite/modules", 0o644, []byte(list)); err != nil {
 		return err
 	}
 	if err := w.File("init", 0o755, agent); err != nil {

@@ -1,7 +1,6 @@
 package initramfs
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -47,14 +46,26 @@ func TestBuild(t *testing.T) {
 	tests := []struct {
 		name        string
 		opts        BuildOptions // CacheDir is set per case
-		wantModules []string     // /etc/boxlite/modules, in order
+		wantList    string       // /etc/boxlite/modules
+		wantModules []string     // the files in /lib/modules
 		wantErr     string
 		wantIs      error
 	}{
 		{
-			name:        "modules with dependencies",
-			opts:        BuildOptions{AgentPath: agent, ModulesDir: mods, Modules: []string{"virtio-blk", "virtio_rng", "ext4"}},
+			name: "modules with dependencies",
+			opts: BuildOptions{AgentPath: agent, ModulesDir: mods, Modules: []string{"virtio-blk", "virtio_rng", "ext4"}},
+			wantList: "virtio_ring.ko virtio.ko virtio_blk.ko when virtio:d00000002v*\n" +
+				"virtio_ring.ko virtio.ko virtio-rng.ko when virtio:d00000004v* pci:v00001AF4d00001005sv*sd*bc*sc*i*\n",
 			wantModules: []string{"virtio_ring.ko", "virtio.ko", "virtio_blk.ko", "virtio-rng.ko"},
+		},
+		{
+			name: "late modules after the marker; a module with a name alias is always loaded",
+			opts: BuildOptions{AgentPath: agent, ModulesDir: mods, Modules: []string{"virtio_mmio", "libcrc32c"}, LateModules: []string{"virtio_net"}},
+			wantList: "virtio_ring.ko virtio.ko virtio_mmio.ko when of:N*T*Cvirtio,mmio acpi*:LNRO0005:*\n" +
+				"libcrc32c.ko\n" +
+				LateMarker + "\n" +
+				"virtio_ring.ko virtio.ko failover.ko net_failover.ko virtio_net.ko\n",
+			wantModules: []string{"virtio_ring.ko", "virtio.ko", "virtio_mmio.ko", "libcrc32c.ko", "failover.ko", "net_failover.ko", "virtio_net.ko"},
 		},
 		{
 			name: "no modules directory means no modules",
@@ -138,15 +149,13 @@ func TestBuild(t *testing.T) {
 			if e := files["init"]; e.mode != modeRegular|0o755 || string(e.data) != "#!agent binary" {
 				t.Errorf("/init = mode %o %q, want the agent with mode 0755", e.mode, e.data)
 			}
-			var wantList string
 			for _, m := range tt.wantModules {
-				wantList += m + "\n"
 				if e, ok := files["lib/modules/"+m]; !ok || string(e.data) != "ELF module "+m {
 					t.Errorf("/lib/modules/%s missing or wrong", m)
 				}
 			}
-			if got := string(files["etc/boxlite/modules"].data); got != wantList {
-				t.Errorf("/etc/boxlite/modules = %q, want %q", got, wantList)
+			if got := string(files["etc/boxlite/modules"].data); got != tt.wantList {
+				t.Errorf("/etc/boxlite/modules = %q, want %q", got, tt.wantList)
 			}
 			var onlyModules []string
 			for name := range files {
@@ -306,14 +315,14 @@ func TestBuildHost(t *testing.T) {
 			list = string(e.data)
 		}
 	}
-	if !strings.HasPrefix(list, "virtio_ring.ko\nvirtio.ko\n") || !strings.HasSuffix(list, "vmw_vsock_virtio_transport.ko\n") {
+	if !strings.HasPrefix(list, "virtio_ring.ko virtio.ko virtio_mmio.ko ") || !strings.HasSuffix(list, " vmw_vsock_virtio_transport.ko when virtio:d00000013v*\n") {
 		t.Fatalf("/etc/boxlite/modules = %q", list)
 	}
 	t.Logf("%d bytes, modules:\n%s", len(data), list)
 }
 
-// TestBuildLateModules: late modules follow the marker, and modules the
-// early ones already pull in are not listed twice.
+// TestBuildLateModules: late modules follow the marker, and the host's
+// drivers are tied to their devices' aliases.
 func TestBuildLateModules(t *testing.T) {
 	requireHostModules(t)
 	agent := filepath.Join(t.TempDir(), "agent")
@@ -326,15 +335,27 @@ func TestBuildLateModules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	i := bytes.Index(data, []byte("virtio_ring.ko\n"))
-	if i < 0 {
-		t.Fatal("module list not found")
+	entries, err := readCPIO(data)
+	if err != nil {
+		t.Fatal(err)
 	}
-	list := string(data[i:])
-	list = list[:strings.Index(list, "\x00")]
+	var list string
+	for _, e := range entries {
+		if e.name == "etc/boxlite/modules" {
+			list = string(e.data)
+		}
+	}
 	early, late, ok := strings.Cut(list, LateMarker+"\n")
-	if !ok || !strings.Contains(early, "virtio_blk.ko\n") || !strings.Contains(late, "virtio_net.ko\n") ||
-		!strings.Contains(late, "vmw_vsock_virtio_transport.ko\n") || strings.Contains(late, "virtio.ko\n") {
-		t.Fatalf("module list:\n%s", list)
+	// Each driver waits for its device: the microvm transport for its
+	// ACPI device, the others for their virtio device ID.
+	for _, want := range []struct{ in, line string }{
+		{early, "virtio_mmio.ko when "},
+		{early, "virtio_blk.ko when virtio:d00000002v*\n"},
+		{late, "virtio_net.ko when virtio:d00000001v*\n"},
+		{late, "vmw_vsock_virtio_transport.ko when virtio:d00000013v*\n"},
+	} {
+		if !ok || !strings.Contains(want.in, want.line) {
+			t.Errorf("module list lacks %q:\n%s", want.line, list)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -32,6 +33,75 @@ var DefaultLateModules = []string{
 // LateMarker separates, in the initramfs's module list, the modules loaded
 // before the agent serves from those loaded in the background after.
 const LateMarker = "@late"
+
+// WhenMarker introduces, on a line of the module list, the device patterns
+// (modalias globs, as in modules.alias) one of which a present device must
+// match for the line's modules to be loaded.
+const WhenMarker = "when"
+
+// busAliases are the modalias prefixes of devices found on a bus. A driver
+// whose aliases all have one of them is only useful with such a device;
+// others ("fs-ext4", "char-major-10-229", "devname:fuse") are loaded on
+// their name, never skipped.
+var busAliases = []string{"virtio:", "pci:", "acpi:", "acpi*:", "of:", "platform:"}
+
+// moduleGroups resolves each of names like [ModuleOrder] and returns, per
+// name, the paths it needs in load order (its dependencies, then itself)
+// and the device patterns that make it useful: its aliases in
+// modulesDir/modules.alias when they all name bus devices, else none (the
+// module is always loaded). Names built into the kernel are skipped.
+func moduleGroups(modulesDir string, names []string) ([]group, error) {
+	aliases, err := readModulesAlias(filepath.Join(modulesDir, "modules.alias"))
+	if err != nil {
+		return nil, err
+	}
+	var groups []group
+	for _, name := range names {
+		paths, err := ModuleOrder(modulesDir, []string{name})
+		if err != nil {
+			return nil, err
+		}
+		if len(paths) == 0 {
+			continue // built in
+		}
+		g := group{files: paths}
+		own := aliases[moduleName(paths[len(paths)-1])]
+		if len(own) > 0 && !slices.ContainsFunc(own, func(a string) bool {
+			return !slices.ContainsFunc(busAliases, func(p string) bool { return strings.HasPrefix(a, p) })
+		}) {
+			g.when = own
+		}
+		groups = append(groups, g)
+	}
+	return groups, nil
+}
+
+// readModulesAlias parses modules.alias ("alias PATTERN MODULE") into the
+// patterns of each normalised module name; a missing file means none.
+func readModulesAlias(file string) (map[string][]string, error) {
+	f, err := os.Open(file)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kernel modules: %w", err)
+	}
+	defer f.Close()
+	aliases := map[string][]string{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 3 && f[0] == "alias" {
+			mod := normalize(f[2])
+			aliases[mod] = append(aliases[mod], f[1])
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("kernel modules: %s: %w", file, err)
+	}
+	return aliases, nil
+}
 
 // ModuleOrder resolves module names (virtio_blk or virtio-blk) to paths
 // relative to modulesDir, dependencies included, in an order they can be

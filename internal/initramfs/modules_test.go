@@ -30,8 +30,24 @@ const fakeModulesBuiltin = `kernel/fs/ext4/ext4.ko
 kernel/drivers/char/hw_random/rng-core.ko
 `
 
+// fakeModulesAlias gives virtio-rng two bus aliases, virtio_mmio two of
+// its own kinds, libcrc32c a name alias (loaded unconditionally) and
+// virtio_net none.
+const fakeModulesAlias = `# Aliases extracted from modules themselves.
+alias virtio:d00000002v* virtio_blk
+alias virtio:d00000004v* virtio_rng
+alias pci:v00001AF4d00001005sv*sd*bc*sc*i* virtio_rng
+alias of:N*T*Cvirtio,mmio virtio_mmio
+alias acpi*:LNRO0005:* virtio_mmio
+alias crypto-crc32c libcrc32c
+alias virtio:d00000099v* libcrc32c
+`
+
 func writeFakeModules(t *testing.T, dir string) {
 	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, "modules.alias"), []byte(fakeModulesAlias), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(filepath.Join(dir, "modules.dep"), []byte(fakeModulesDep), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -351,6 +351,34 @@ func TestNetworkOpenEgress(t *testing.T) {
 	if !strings.Contains(r.stdout, "nameserver 192.168.127.1") || !strings.Contains(r.stdout, "192.168.127.2/24") {
 		t.Errorf("network config: %+v", r)
 	}
+	// IPv4 only: IPv6 is off on the NIC, loopback keeps ::1.
+	r = run(t, box, sh("cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6; cat /proc/net/if_inet6"))
+	if f := strings.Fields(r.stdout); len(f) == 0 || f[0] != "1" || !strings.Contains(r.stdout, "00000000000000000000000000000001") ||
+		strings.Contains(r.stdout, "eth0") {
+		t.Errorf("IPv6: %+v", r)
+	}
+	// Only drivers for the VM's devices are loaded: the NIC's, and not
+	// those of the entropy or vsock devices these VMs do not have.
+	mods := loadedModules(t, box)
+	for mod, want := range map[string]bool{"virtio_net": true, "virtio_rng": false, "vmw_vsock_virtio_transport": false} {
+		if mods[mod] != want {
+			t.Errorf("module %s loaded: %v, want %v (loaded: %v)", mod, mods[mod], want, mods)
+		}
+	}
+}
+
+// loadedModules lists the guest kernel's loaded modules.
+func loadedModules(t *testing.T, box *boxlite.Box) map[string]bool {
+	t.Helper()
+	r := run(t, box, sh("cut -d' ' -f1 /proc/modules"))
+	if r.res.ExitCode != 0 {
+		t.Fatalf("/proc/modules: %+v", r)
+	}
+	mods := map[string]bool{}
+	for _, m := range strings.Fields(r.stdout) {
+		mods[m] = true
+	}
+	return mods
 }
 
 func TestNetworkDisabled(t *testing.T) {
@@ -362,6 +390,10 @@ func TestNetworkDisabled(t *testing.T) {
 	}
 	if r := run(t, box, sh("ping -c 1 -W 2 127.0.0.1 >/dev/null")); r.res.ExitCode != 0 {
 		t.Errorf("lo is not up: %+v", r)
+	}
+	// No NIC, no NIC driver: the agent loads drivers for present devices.
+	if mods := loadedModules(t, box); mods["virtio_net"] || !mods["virtio_blk"] {
+		t.Errorf("loaded modules without a NIC: %v", mods)
 	}
 }
 

@@ -1,7 +1,6 @@
 package guest
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -78,7 +77,17 @@ func Main() {
 	if err := raiseTimerSlack(); err != nil {
 		log.Error("init: timer slack", "err", err)
 	}
-	late := loadModules(log)
+	modules, err := os.ReadFile(modulesList)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.Error("init: modules", "err", err)
+	}
+	early, late := parseModuleList(string(modules))
+	drivers := &coldplug{
+		devices: func() ([]string, error) { return deviceAliases("/sys") },
+		load:    func(f string) error { return loadModule(filepath.Join(modulesDir, f)) },
+		log:     log,
+	}
+	drivers.run(early)
 	if err := loopbackUp(); err != nil {
 		log.Error("init: loopback up", "err", err)
 	}
@@ -118,11 +127,7 @@ func Main() {
 	lateDone := make(chan struct{})
 	go func() {
 		defer close(lateDone)
-		for _, name := range late {
-			if err := loadModule(filepath.Join(modulesDir, name)); err != nil {
-				log.Error("init: load module", "module", name, "err", err)
-			}
-		}
+		drivers.run(late)
 		if vsock := openVsock(log); vsock != nil {
 			go serve(vsock)
 		} else if port == nil {
@@ -219,58 +224,6 @@ func mountBase() []error {
 		}
 	}
 	return errs
-}
-
-// loadModules loads the kernel modules listed, in order, in modulesList,
-// up to the line "@late"; it returns the names listed after that line, to
-// be loaded once the agent serves.
-func loadModules(log *slog.Logger) (late []string) {
-	f, err := os.Open(modulesList)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		log.Error("init: modules", "err", err)
-		return nil
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	inLate := false
-	for sc.Scan() {
-		name := strings.TrimSpace(sc.Text())
-		if name == "" || strings.HasPrefix(name, "#") {
-			continue
-		}
-		if name == "@late" {
-			inLate = true
-			continue
-		}
-		if inLate {
-			late = append(late, name)
-			continue
-		}
-		if err := loadModule(filepath.Join(modulesDir, name)); err != nil {
-			log.Error("init: load module", "module", name, "err", err)
-		}
-	}
-	return late
-}
-
-func loadModule(path string) error {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	flags := 0
-	if ext := filepath.Ext(path); ext == ".xz" || ext == ".zst" || ext == ".gz" {
-		flags |= unix.MODULE_INIT_COMPRESSED_FILE
-	}
-	err = unix.FinitModule(fd, "", flags)
-	if errors.Is(err, unix.EEXIST) {
-		return nil
-	}
-	return err
 }
 
 // setupBox mounts the box's root disk at root and the box's pseudo

@@ -2,6 +2,7 @@ package guest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -44,6 +45,13 @@ func (s *Server) ConfigureNetwork(ctx context.Context, req *pb.NetworkConfig) (*
 			return nil, status.Errorf(codes.Internal, "network: %s: mtu %d: %v", name, mtu, err)
 		}
 	}
+	// The box network is IPv4 only: as Docker does for such networks,
+	// IPv6 is off on the NIC, which spares the boot its link-local address,
+	// duplicate address detection and router solicitations (loopback keeps
+	// ::1).
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, status.Errorf(codes.Internal, "network: %s: disable IPv6: %v", name, err)
+	}
 	if err := netlink.AddrReplace(link, addr); err != nil {
 		return nil, status.Errorf(codes.Internal, "network: %s: address %s: %v", name, addr, err)
 	}
@@ -68,9 +76,25 @@ func (s *Server) ConfigureNetwork(ctx context.Context, req *pb.NetworkConfig) (*
 }
 
 // waitLink waits for the NIC with hardware address mac (or any non-loopback
-// NIC when mac is "").
+// NIC when mac is ""). It wakes on the kernel's link notifications, and
+// polls only if it cannot subscribe to them.
 func waitLink(ctx context.Context, mac string) (netlink.Link, error) {
 	want, _ := net.ParseMAC(mac)
+	// Subscribe before listing, so that a NIC appearing in between wakes us.
+	updates := make(chan netlink.LinkUpdate, 16)
+	stop := make(chan struct{})
+	poll := 250 * time.Millisecond
+	if err := netlink.LinkSubscribe(updates, stop); err != nil {
+		updates, poll = nil, 20*time.Millisecond
+	} else {
+		defer func() {
+			close(stop)
+			go func() {
+				for range updates { // until the subscription's reader ends
+				}
+			}()
+		}()
+	}
 	for {
 		links, err := netlink.LinkList()
 		if err != nil {
@@ -91,7 +115,11 @@ func waitLink(ctx context.Context, mac string) (netlink.Link, error) {
 				return nil, fmt.Errorf("no network interface with address %s appeared", mac)
 			}
 			return nil, fmt.Errorf("no network interface appeared")
-		case <-time.After(20 * time.Millisecond):
+		case _, ok := <-updates:
+			if !ok {
+				updates, poll = nil, 20*time.Millisecond
+			}
+		case <-time.After(poll):
 		}
 	}
 }
@@ -109,12 +137,20 @@ func writeResolvConf(root string, servers []string) error {
 	if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() {
 		return fmt.Errorf("resolv.conf: %s is not a directory in the box", "/etc")
 	}
+	// A restarted box has it already: rewriting it would cost a boot
+	// tens of milliseconds of disk work under emulation.
+	file := filepath.Join(dir, "resolv.conf")
+	if fi, err := os.Lstat(file); err == nil && fi.Mode().IsRegular() && fi.Size() == int64(b.Len()) {
+		if old, err := os.ReadFile(file); err == nil && string(old) == b.String() {
+			return nil
+		}
+	}
 	tmp := filepath.Join(dir, ".resolv.conf.boxlite")
 	os.Remove(tmp)
 	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
 		return fmt.Errorf("resolv.conf: %w", err)
 	}
-	if err := os.Rename(tmp, filepath.Join(dir, "resolv.conf")); err != nil {
+	if err := os.Rename(tmp, file); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("resolv.conf: %w", err)
 	}
