@@ -169,6 +169,16 @@ func TestTimerSlack(t *testing.T) {
 	}
 }
 
+// TestDiskReadAhead checks the box disk's read-ahead, raised from the
+// kernel's 128 KiB default: each request costs a trip through the VMM.
+func TestDiskReadAhead(t *testing.T) {
+	box := sharedBox(t)
+	r := run(t, box, sh(`cat /sys/block/vda/queue/read_ahead_kb`))
+	if got := strings.TrimSpace(r.stdout); got != "1024" {
+		t.Fatalf("read_ahead_kb of the box disk = %q (stderr %q), want 1024", got, r.stderr)
+	}
+}
+
 func TestBadCommands(t *testing.T) {
 	box := sharedBox(t)
 	ctx := context.Background()

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 	"unsafe"
@@ -239,6 +240,9 @@ func setupBox(dev, root string, log *slog.Logger) error {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	if err := setReadAhead(dev, diskReadAheadKB); err != nil {
+		log.Warn("init: root disk read-ahead", "err", err)
+	}
 	if err := (mount{dev, root, "ext4", 0, "noinit_itable"}).do(); err != nil {
 		return err
 	}
@@ -257,6 +261,18 @@ func setupBox(dev, root string, log *slog.Logger) error {
 	}
 	ensureResolvConf(root, log)
 	return nil
+}
+
+// diskReadAheadKB is the read-ahead of the box's disk. The kernel's 128 KiB
+// default suits a physical disk; on a virtual one each request costs a
+// round trip through the VMM, whatever its size. Measured under TCG: the
+// first exec of busybox after boot (a 2 MB binary, 1.5 MB of it read)
+// went from 15 major faults to a few and from 93 to 69 ms.
+const diskReadAheadKB = 1024
+
+// setReadAhead sets the read-ahead of block device dev (/dev/vda).
+func setReadAhead(dev string, kb int) error {
+	return os.WriteFile(filepath.Join("/sys/block", filepath.Base(dev), "queue/read_ahead_kb"), []byte(strconv.Itoa(kb)), 0)
 }
 
 // ensureResolvConf creates a placeholder /etc/resolv.conf in the box if it
