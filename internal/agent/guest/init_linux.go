@@ -128,6 +128,9 @@ func Main() {
 	lateDone := make(chan struct{})
 	go func() {
 		defer close(lateDone)
+		if err := disableIPv6ForNICs(); err != nil {
+			log.Error("init: IPv6 off for NICs", "err", err)
+		}
 		drivers.run(late)
 		if vsock := openVsock(log); vsock != nil {
 			go serve(vsock)

@@ -45,13 +45,6 @@ func (s *Server) ConfigureNetwork(ctx context.Context, req *pb.NetworkConfig) (*
 			return nil, status.Errorf(codes.Internal, "network: %s: mtu %d: %v", name, mtu, err)
 		}
 	}
-	// The box network is IPv4 only: as Docker does for such networks,
-	// IPv6 is off on the NIC, which spares the boot its link-local address,
-	// duplicate address detection and router solicitations (loopback keeps
-	// ::1).
-	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, status.Errorf(codes.Internal, "network: %s: disable IPv6: %v", name, err)
-	}
 	if err := netlink.AddrReplace(link, addr); err != nil {
 		return nil, status.Errorf(codes.Internal, "network: %s: address %s: %v", name, addr, err)
 	}
@@ -155,6 +148,20 @@ func writeResolvConf(root string, servers []string) error {
 		return fmt.Errorf("resolv.conf: %w", err)
 	}
 	return nil
+}
+
+// disableIPv6ForNICs turns IPv6 off for network interfaces created from
+// now on. The box network is IPv4 only: as Docker does for such networks,
+// the NIC gets no IPv6, which spares the boot its link-local address,
+// duplicate address detection and router solicitations; loopback, which
+// exists already, keeps ::1. Set before the NIC's driver loads, it costs
+// nothing per interface.
+func disableIPv6ForNICs() error {
+	err := os.WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", []byte("1"), 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // a kernel without IPv6
+	}
+	return err
 }
 
 // loopbackUp brings up lo, which every box has, networked or not.
