@@ -62,8 +62,10 @@ func readGuestStats(ctx context.Context, box *boxlite.Box) (guestStats, error) {
 }
 
 // abBench compares two guest agents on exec: one box each, started side by
-// side, execs interleaved so that the machine's drift hits both.
-func abBench(ctx context.Context, agents [2]string, rootfs, accel string, cpus, execs int) error {
+// side, execs interleaved so that the machine's drift hits both. With
+// boots > 0 it then compares their boot to first exec too, boots
+// alternating.
+func abBench(ctx context.Context, agents [2]string, rootfs, accel string, cpus, execs, boots int) error {
 	type side struct {
 		agent  string
 		box    *boxlite.Box
@@ -123,6 +125,31 @@ func abBench(ctx context.Context, agents [2]string, rootfs, accel string, cpus, 
 			ms(pct(s.times, 50)), ms(pct(s.times, 90)),
 			ms((after.agent-s.before.agent)/n), ms((after.children-s.before.children)/n),
 			float64(after.ctxt-s.before.ctxt)/float64(len(s.times)))
+	}
+	if boots == 0 {
+		return nil
+	}
+
+	var bootT [2][]time.Duration
+	for _, s := range sides {
+		if err := s.box.Stop(ctx); err != nil {
+			return err
+		}
+	}
+	for range boots {
+		for i, s := range sides {
+			d, err := boxBoot(ctx, s.box)
+			if err != nil {
+				return err
+			}
+			bootT[i] = append(bootT[i], d)
+		}
+	}
+	fmt.Println()
+	fmt.Println("| agent | n | boot to first exec, median | p90 | paired ratio to the first |")
+	fmt.Println("|---|---|---|---|---|")
+	for i, s := range sides {
+		fmt.Printf("| %s | %d | %s | %s | %.2f |\n", s.agent, boots, ms(pct(bootT[i], 50)), ms(pct(bootT[i], 90)), pairedRatio(bootT[i], bootT[0]))
 	}
 	return nil
 }

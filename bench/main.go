@@ -24,8 +24,12 @@
 //	git stash && make build && cp bin/boxlite-agent /tmp/agent-main && git stash pop
 //	make build && go run ./bench -agent /tmp/agent-main -ab bin/boxlite-agent
 //
-// Boots alternate between the two kinds so that drift in the machine's
-// speed hits both equally.
+// -ab-boots N adds N alternated boots (Start, exec true) of each box.
+//
+// Boots alternate between the kinds, in rounds whose order rotates, so that
+// drift in the machine's speed hits all equally; ratios are given both as
+// the ratio of the medians and as the median of per-round ratios (paired),
+// which that drift moves less.
 package main
 
 import (
@@ -65,6 +69,7 @@ func main() {
 	netb := flag.Bool("net", false, "run the network benchmark (against QEMU's slirp) instead")
 	netMiB := flag.Int("net-mib", 32, "MiB per throughput transfer")
 	ab := flag.String("ab", "", "another agent binary: compare its exec with -agent's instead")
+	abBoots := flag.Int("ab-boots", 0, "with -ab, also compare this many boots of each")
 	flag.Parse()
 
 	ctx := context.Background()
@@ -75,7 +80,7 @@ func main() {
 	var err error
 	switch {
 	case *ab != "":
-		err = abBench(ctx, [2]string{*agent, *ab}, *rootfs, *accel, *cpus, *execs)
+		err = abBench(ctx, [2]string{*agent, *ab}, *rootfs, *accel, *cpus, *execs, *abBoots)
 	case *netb:
 		table("| benchmark | n | median | baseline | ratio |")
 		err = netBench(ctx, *agent, *rootfs, *accel, *netMiB, 5, 50)
@@ -128,28 +133,42 @@ func run(agent, rootfs, accel string, cpus, boots, execs, list int) error {
 		return err
 	}
 
-	var rawT, rawNICT, boxT, startT []time.Duration
+	// Each round boots the three kinds back to back, in an order rotated
+	// every round, so that neither the drift nor the position in the round
+	// (what ran just before) favours one kind.
+	rawT, rawNICT := make([]time.Duration, boots), make([]time.Duration, boots)
+	boxT, startT := make([]time.Duration, boots), make([]time.Duration, boots)
+	kinds := []func(i int) error{
+		func(i int) (err error) {
+			if rawT[i], err = raw.boot(ctx); err != nil {
+				err = fmt.Errorf("raw boot %d: %w", i, err)
+			}
+			return err
+		},
+		func(i int) (err error) {
+			if rawNICT[i], err = rawNIC.boot(ctx); err != nil {
+				err = fmt.Errorf("raw boot with a NIC %d: %w", i, err)
+			}
+			return err
+		},
+		func(i int) error {
+			t0 := time.Now()
+			if err := box.Start(ctx); err != nil {
+				return fmt.Errorf("box boot %d: %w", i, err)
+			}
+			startT[i] = time.Since(t0)
+			if err := execTrue(ctx, box); err != nil {
+				return err
+			}
+			boxT[i] = time.Since(t0)
+			return box.Stop(ctx)
+		},
+	}
 	for i := range boots {
-		d, err := raw.boot(ctx)
-		if err != nil {
-			return fmt.Errorf("raw boot %d: %w", i, err)
-		}
-		rawT = append(rawT, d)
-		if d, err = rawNIC.boot(ctx); err != nil {
-			return fmt.Errorf("raw boot with a NIC %d: %w", i, err)
-		}
-		rawNICT = append(rawNICT, d)
-		t0 := time.Now()
-		if err := box.Start(ctx); err != nil {
-			return fmt.Errorf("box boot %d: %w", i, err)
-		}
-		startT = append(startT, time.Since(t0))
-		if err := execTrue(ctx, box); err != nil {
-			return err
-		}
-		boxT = append(boxT, time.Since(t0))
-		if err := box.Stop(ctx); err != nil {
-			return err
+		for k := range kinds {
+			if err := kinds[(i+k)%len(kinds)](i); err != nil {
+				return err
+			}
 		}
 	}
 
