@@ -84,7 +84,7 @@ func Main() {
 	}
 	early, late := parseModuleList(string(modules))
 	drivers := &coldplug{
-		devices: func() ([]string, error) { return deviceAliases("/sys") },
+		devices: func(bus string) ([]string, error) { return deviceAliases("/sys", bus) },
 		load:    func(f string) error { return loadModule(filepath.Join(modulesDir, f)) },
 		log:     log,
 	}

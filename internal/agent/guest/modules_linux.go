@@ -9,32 +9,25 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// deviceBuses are the buses whose devices the module list's patterns
-// name: virtio devices, the PCI bus (q35), and the platform and ACPI
-// devices of the virtio-mmio transport (microvm).
-var deviceBuses = []string{"virtio", "pci", "platform", "acpi"}
-
-// deviceAliases returns the modaliases of the devices on deviceBuses
-// under sys (/sys).
-func deviceAliases(sys string) ([]string, error) {
+// deviceAliases returns the modaliases of the devices on bus (virtio,
+// pci, platform, acpi) under sys (/sys).
+func deviceAliases(sys, bus string) ([]string, error) {
 	if _, err := os.Stat(filepath.Join(sys, "bus")); err != nil {
-		return nil, err // sysfs not mounted: the caller loads everything
+		return nil, err // sysfs not mounted: the caller loads the module
+	}
+	dir := filepath.Join(sys, "bus", bus, "devices")
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil // no such bus (yet): no device on it
+	}
+	if err != nil {
+		return nil, err
 	}
 	var aliases []string
-	for _, bus := range deviceBuses {
-		dir := filepath.Join(sys, "bus", bus, "devices")
-		entries, err := os.ReadDir(dir)
-		if errors.Is(err, os.ErrNotExist) {
-			continue // no such bus (yet): its driver is not loaded
-		}
-		if err != nil {
-			return nil, err
-		}
-		for _, e := range entries {
-			b, err := os.ReadFile(filepath.Join(dir, e.Name(), "modalias"))
-			if err == nil {
-				aliases = append(aliases, strings.TrimSpace(string(b)))
-			}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "modalias"))
+		if err == nil {
+			aliases = append(aliases, strings.TrimSpace(string(b)))
 		}
 	}
 	return aliases, nil

@@ -27,15 +27,23 @@ func TestDeviceAliases(t *testing.T) {
 			}
 		}
 	}
-	got, err := deviceAliases(sys)
-	if err != nil {
-		t.Fatal(err)
+	for bus, want := range map[string][]string{
+		"virtio":   {"virtio:d00000002v554D4551"},
+		"platform": {"acpi:LNRO0005:"},
+		"acpi":     {"acpi:LNXCPU:"},
+		"pci":      nil, // a device without a modalias
+		"usb":      nil, // no such bus
+	} {
+		got, err := deviceAliases(sys, bus)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Errorf("deviceAliases(%s) = %q, want %q", bus, got, want)
+		}
 	}
-	slices.Sort(got)
-	if want := []string{"acpi:LNRO0005:", "acpi:LNXCPU:", "virtio:d00000002v554D4551"}; !slices.Equal(got, want) {
-		t.Fatalf("deviceAliases = %q, want %q", got, want)
-	}
-	if _, err := deviceAliases(filepath.Join(sys, "nope")); err == nil {
+	if _, err := deviceAliases(filepath.Join(sys, "nope"), "virtio"); err == nil {
 		t.Fatal("deviceAliases without sysfs: no error")
 	}
 }

@@ -43,9 +43,15 @@ type fakeKernel struct {
 
 func (k *fakeKernel) coldplug() *coldplug {
 	return &coldplug{
-		devices: func() ([]string, error) {
+		devices: func(bus string) ([]string, error) {
 			k.scans++
-			return slices.Clone(k.devices), k.scanErr
+			var on []string
+			for _, d := range k.devices {
+				if patternBus(d) == bus {
+					on = append(on, d)
+				}
+			}
+			return on, k.scanErr
 		},
 		load: func(f string) error {
 			k.loaded = append(k.loaded, f)
@@ -97,7 +103,8 @@ func TestColdplug(t *testing.T) {
 	}
 }
 
-// TestColdplugScans: devices are listed again only after a load.
+// TestColdplugScans: a bus is listed when a pattern names it, and again
+// only after a load.
 func TestColdplugScans(t *testing.T) {
 	k := &fakeKernel{devices: []string{"virtio:d00000002v554D4551"}}
 	c := k.coldplug()
@@ -105,6 +112,14 @@ func TestColdplugScans(t *testing.T) {
 	c.run(early)
 	if k.scans != 2 || !slices.Equal(k.loaded, []string{"c.ko"}) {
 		t.Fatalf("%d scans, loaded %q; want 2 scans (before a, after c), loaded c.ko", k.scans, k.loaded)
+	}
+	// A pattern of a bus the agent does not list: loaded, unlisted.
+	k = &fakeKernel{}
+	c = k.coldplug()
+	early, _ = parseModuleList("usb.ko when usb:v*p*\n")
+	c.run(early)
+	if k.scans != 0 || !slices.Equal(k.loaded, []string{"usb.ko"}) {
+		t.Fatalf("%d scans, loaded %q; want none, usb.ko", k.scans, k.loaded)
 	}
 }
 
