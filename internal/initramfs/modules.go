@@ -45,19 +45,24 @@ const WhenMarker = "when"
 // their name, never skipped.
 var busAliases = []string{"virtio:", "pci:", "acpi:", "acpi*:", "of:", "platform:"}
 
-// moduleGroups resolves each of names like [ModuleOrder] and returns, per
-// name, the paths it needs in load order (its dependencies, then itself)
-// and the device patterns that make it useful: its aliases in
+// moduleGroups resolves each of names like [ModuleOrder] (reading the
+// module index once) and returns, per name, the paths it needs in load
+// order (its dependencies, then itself) and the device patterns that make
+// it useful: its aliases in
 // modulesDir/modules.alias when they all name bus devices, else none (the
 // module is always loaded). Names built into the kernel are skipped.
 func moduleGroups(modulesDir string, names []string) ([]group, error) {
+	deps, builtin, err := readModulesIndex(modulesDir)
+	if err != nil {
+		return nil, err
+	}
 	aliases, err := readModulesAlias(filepath.Join(modulesDir, "modules.alias"))
 	if err != nil {
 		return nil, err
 	}
 	var groups []group
 	for _, name := range names {
-		paths, err := ModuleOrder(modulesDir, []string{name})
+		paths, err := moduleOrder(modulesDir, deps, builtin, []string{name})
 		if err != nil {
 			return nil, err
 		}
@@ -111,15 +116,26 @@ func readModulesAlias(file string) (map[string][]string, error) {
 // stored compressed (.ko.xz, .ko.zst, .ko.gz): the guest agent loads plain
 // .ko files.
 func ModuleOrder(modulesDir string, names []string) ([]string, error) {
-	deps, err := readModulesDep(filepath.Join(modulesDir, "modules.dep"))
+	deps, builtin, err := readModulesIndex(modulesDir)
 	if err != nil {
 		return nil, err
 	}
-	builtin, err := readModulesBuiltin(filepath.Join(modulesDir, "modules.builtin"))
-	if err != nil {
-		return nil, err
-	}
+	return moduleOrder(modulesDir, deps, builtin, names)
+}
 
+// readModulesIndex reads modulesDir's modules.dep and modules.builtin.
+func readModulesIndex(modulesDir string) (deps map[string][]string, builtin map[string]bool, err error) {
+	if deps, err = readModulesDep(filepath.Join(modulesDir, "modules.dep")); err != nil {
+		return nil, nil, err
+	}
+	if builtin, err = readModulesBuiltin(filepath.Join(modulesDir, "modules.builtin")); err != nil {
+		return nil, nil, err
+	}
+	return deps, builtin, nil
+}
+
+// moduleOrder is [ModuleOrder] on parsed modules.dep and modules.builtin.
+func moduleOrder(modulesDir string, deps map[string][]string, builtin map[string]bool, names []string) ([]string, error) {
 	var order []string
 	state := map[string]int{} // by path: 1 visiting, 2 done
 	var visit func(p string, chain []string) error
