@@ -334,3 +334,37 @@ func TestBuildHost(t *testing.T) {
 	}
 	t.Logf("%d bytes, modules:\n%s", len(data), list)
 }
+
+// TestBuildWithoutAliases: a modules directory without modules.alias (a
+// hand-made kernel tree) ties no module to a device: all are loaded.
+func TestBuildWithoutAliases(t *testing.T) {
+	mods := fakeKernelModules(t)
+	if err := os.Remove(filepath.Join(mods, "modules.alias")); err != nil {
+		t.Fatal(err)
+	}
+	agent := filepath.Join(t.TempDir(), "agent")
+	if err := os.WriteFile(agent, []byte("agent"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Build(t.Context(), BuildOptions{AgentPath: agent, ModulesDir: mods, Modules: []string{"virtio_blk"}, CacheDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, err := readCPIO(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.name == "etc/boxlite/modules" {
+			if want := "virtio_ring.ko virtio.ko virtio_blk.ko\n"; string(e.data) != want {
+				t.Fatalf("/etc/boxlite/modules = %q, want %q", e.data, want)
+			}
+			return
+		}
+	}
+	t.Fatal("no /etc/boxlite/modules")
+}
