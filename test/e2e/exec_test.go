@@ -164,7 +164,7 @@ func TestUser(t *testing.T) {
 func TestTimerSlack(t *testing.T) {
 	box := sharedBox(t)
 	r := run(t, box, sh(`cat /proc/self/timerslack_ns; cat /proc/1/timerslack_ns`))
-	if got := strings.Fields(r.stdout); len(got) != 2 || got[0] != "50000" || got[1] != "1000000" {
+	if got := strings.Fields(r.stdout); len(got) != 2 || got[0] != "50000" || got[1] != "4000000" {
 		t.Fatalf("timer slack of a box process and of the agent: %q (stderr %q)", r.stdout, r.stderr)
 	}
 }

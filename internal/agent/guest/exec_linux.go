@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -124,7 +125,7 @@ func (s *Server) prepare(start *pb.ExecStart) (*execSpec, error) {
 		return nil, err
 	}
 	if root != "" || start.GetUser() != "" {
-		spec.cred = credential(user)
+		spec.cred = credential(user, agentIdentity())
 	}
 
 	spec.env = append([]string(nil), start.GetEnv()...)
@@ -145,7 +146,7 @@ func (s *Server) prepare(start *pb.ExecStart) (*execSpec, error) {
 	if !filepath.IsAbs(spec.dir) {
 		return nil, status.Errorf(codes.InvalidArgument, "working directory %q is not absolute", spec.dir)
 	}
-	if !s.fs.isDir(spec.dir) {
+	if spec.dir != "/" && !s.fs.isDir(spec.dir) { // the root is always one
 		return nil, status.Errorf(codes.NotFound, "working directory %q not found", spec.dir)
 	}
 
@@ -187,16 +188,46 @@ func (s *Server) lookupUser(spec string) (execUser, error) {
 	return u, nil
 }
 
-// credential returns the credential for u, or nil when it is the agent's
-// own identity. Without CAP_SETGID supplementary groups cannot be set.
-func credential(u execUser) *syscall.Credential {
-	if os.Geteuid() != 0 {
-		if int(u.UID) == os.Geteuid() && int(u.GID) == os.Getegid() {
-			return nil
-		}
+// credential returns the credential for u, or nil when it is self, the agent's
+// own identity, which the child then simply keeps, saving the three system
+// calls that set it. Without CAP_SETGID supplementary groups cannot be
+// set.
+func credential(u execUser, self identity) *syscall.Credential {
+	if int(u.UID) == self.uid && int(u.GID) == self.gid && (self.uid != 0 || sameGroups(u.Groups, self.groups)) {
+		return nil
+	}
+	if self.uid != 0 {
 		return &syscall.Credential{Uid: u.UID, Gid: u.GID, NoSetGroups: true}
 	}
 	return &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: u.Groups}
+}
+
+// identity is a process's effective uid, gid and supplementary groups.
+type identity struct {
+	uid, gid int
+	groups   []int
+}
+
+// agentIdentity is the agent's identity, read once: it never changes
+// after startup (PID 1 sets its groups before it serves).
+var agentIdentity = sync.OnceValue(func() identity {
+	groups, _ := syscall.Getgroups()
+	return identity{uid: os.Geteuid(), gid: os.Getegid(), groups: groups}
+})
+
+// sameGroups reports whether want, as a set, equals have.
+func sameGroups(want []uint32, have []int) bool {
+	for _, g := range want {
+		if !slices.Contains(have, int(g)) {
+			return false
+		}
+	}
+	for _, g := range have {
+		if !slices.Contains(want, uint32(g)) {
+			return false
+		}
+	}
+	return true
 }
 
 func getenv(env []string, key string) (string, bool) {
@@ -330,6 +361,11 @@ func (x *execution) childFiles() []uintptr {
 }
 
 // run starts the process and streams until it has exited.
+//
+// Per exec it starts a goroutine per output and one for client messages
+// (plus one for stdin, one for a timeout, when asked for): under software
+// emulation every goroutine's start, park and wake-up is guest CPU the
+// exec's round trip waits for.
 func (s *Server) run(stream grpc.BidiStreamingServer[pb.ExecInput, pb.ExecOutput], spec *execSpec) error {
 	x := &execution{stream: stream, spec: spec, devNull: s.devNull}
 	defer x.closeAll()
@@ -363,29 +399,22 @@ func (s *Server) run(stream grpc.BidiStreamingServer[pb.ExecInput, pb.ExecOutput
 	defer close(done)
 
 	// Output.
-	var pumps sync.WaitGroup
+	pumped := make(chan struct{}, len(x.outputs))
 	for i, f := range x.outputs {
-		pumps.Add(1)
 		go func() {
-			defer pumps.Done()
 			x.pump(f, i == 1)
+			pumped <- struct{}{}
 		}()
 	}
 
-	// Input, signals, resizes.
-	inputs := make(chan *pb.ExecInput, stdinQueue)
-	go x.writeInput(inputs, done)
+	// Client messages (stdin, signals, resizes) and the client's going
+	// away, which kills the process.
+	var inputs chan *pb.ExecInput
+	if x.stdin != nil {
+		inputs = make(chan *pb.ExecInput, stdinQueue)
+		go x.writeInput(inputs, done)
+	}
 	go x.receive(p, inputs, done)
-
-	// Client gone: kill.
-	ctx := stream.Context()
-	go func() {
-		select {
-		case <-ctx.Done():
-			p.signalGroup(syscall.SIGKILL)
-		case <-p.done:
-		}
-	}()
 
 	// Timeout: TERM, then KILL after the grace period.
 	var timedOut atomic.Bool
@@ -414,15 +443,17 @@ func (s *Server) run(stream grpc.BidiStreamingServer[pb.ExecInput, pb.ExecOutput
 	for _, f := range x.outputs {
 		f.SetReadDeadline(time.Now().Add(drainIdle))
 	}
-	pumpsDone := make(chan struct{})
-	go func() { pumps.Wait(); close(pumpsDone) }()
-	select {
-	case <-pumpsDone:
-	case <-time.After(drainMax):
-		for _, f := range x.outputs {
-			f.SetReadDeadline(time.Now()) // stops pumps at their next read
+	drain := time.NewTimer(drainMax)
+	defer drain.Stop()
+	for range x.outputs {
+		select {
+		case <-pumped:
+		case <-drain.C:
+			for _, f := range x.outputs {
+				f.SetReadDeadline(time.Now()) // stops pumps at their next read
+			}
+			<-pumped
 		}
-		<-pumpsDone
 	}
 
 	exit := &pb.Exit{TimedOut: timedOut.Load()}
@@ -438,15 +469,19 @@ func (s *Server) run(stream grpc.BidiStreamingServer[pb.ExecInput, pb.ExecOutput
 	return stream.Send(&pb.ExecOutput{Msg: &pb.ExecOutput_Exit{Exit: exit}})
 }
 
+// pumpBuffers recycles the output buffers of finished execs.
+var pumpBuffers = sync.Pool{New: func() any { return new([chunkSize]byte) }}
+
 // pump streams one output until EOF, or until nothing more arrives for
 // drainIdle after the process exited.
 func (x *execution) pump(f *os.File, isStderr bool) {
-	buf := make([]byte, chunkSize)
+	buf := pumpBuffers.Get().(*[chunkSize]byte)
+	defer pumpBuffers.Put(buf)
 	for {
 		if x.exited.Load() {
 			f.SetReadDeadline(time.Now().Add(drainIdle))
 		}
-		n, err := f.Read(buf)
+		n, err := f.Read(buf[:])
 		if n > 0 {
 			b := append([]byte(nil), buf[:n]...)
 			if isStderr {
@@ -461,10 +496,15 @@ func (x *execution) pump(f *os.File, isStderr bool) {
 	}
 }
 
-// receive handles client messages until the client half-closes or the
-// stream ends. Stdin data and close requests go through inputs, in order.
+// receive handles client messages until the stream ends. Stdin data and
+// close requests go through inputs, in order; without stdin (inputs nil)
+// they are dropped. Once the client has half-closed, it waits for the
+// client to go away (then kills) or for the Exec to end.
 func (x *execution) receive(p *process, inputs chan<- *pb.ExecInput, done <-chan struct{}) {
 	queue := func(m *pb.ExecInput) bool {
+		if inputs == nil {
+			return true
+		}
 		select {
 		case inputs <- m:
 			return true
@@ -477,6 +517,11 @@ func (x *execution) receive(p *process, inputs chan<- *pb.ExecInput, done <-chan
 		if err == io.EOF {
 			if !x.spec.tty {
 				queue(&pb.ExecInput{Msg: &pb.ExecInput_CloseStdin{CloseStdin: true}})
+			}
+			select {
+			case <-x.stream.Context().Done():
+				p.signalGroup(syscall.SIGKILL)
+			case <-done:
 			}
 			return
 		}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -514,5 +515,33 @@ func TestSyncAndShutdown(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("PowerOff not called")
+	}
+}
+
+func TestCredential(t *testing.T) {
+	root := identity{uid: 0, gid: 0, groups: []int{0}}
+	user := identity{uid: 1000, gid: 1000, groups: []int{1000, 27}}
+	cases := []struct {
+		name string
+		u    execUser
+		self identity
+		want *syscall.Credential
+	}{
+		{"root as the agent is", execUser{UID: 0, GID: 0, Groups: []uint32{0}}, root, nil},
+		{"root, groups in another order", execUser{UID: 0, GID: 0, Groups: []uint32{0}}, identity{groups: []int{0, 0}}, nil},
+		{"root with more groups", execUser{UID: 0, GID: 0, Groups: []uint32{0, 10}}, root,
+			&syscall.Credential{Uid: 0, Gid: 0, Groups: []uint32{0, 10}}},
+		{"root, the agent has no groups", execUser{UID: 0, GID: 0, Groups: []uint32{0}}, identity{},
+			&syscall.Credential{Uid: 0, Gid: 0, Groups: []uint32{0}}},
+		{"nobody from root", execUser{UID: 65534, GID: 65534, Groups: []uint32{65534}}, root,
+			&syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{65534}}},
+		{"non-root agent, itself", execUser{UID: 1000, GID: 1000, Groups: []uint32{1000}}, user, nil},
+		{"non-root agent, another user", execUser{UID: 1001, GID: 1000}, user,
+			&syscall.Credential{Uid: 1001, Gid: 1000, NoSetGroups: true}},
+	}
+	for _, c := range cases {
+		if got := credential(c.u, c.self); !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%s: credential = %+v, want %+v", c.name, got, c.want)
+		}
 	}
 }

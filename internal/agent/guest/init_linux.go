@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -77,6 +78,12 @@ func Main() {
 	}
 	if err := raiseTimerSlack(); err != nil {
 		log.Error("init: timer slack", "err", err)
+	}
+	// Root's own group as its one supplementary group, as a box's root
+	// usually has it: a process run as root then keeps the agent's
+	// credentials instead of setting them anew (see credential).
+	if err := syscall.Setgroups([]int{0}); err != nil {
+		log.Error("init: groups", "err", err)
 	}
 	modules, err := os.ReadFile(modulesList)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -25,6 +25,10 @@ var Version = "dev"
 // receives (stdin); a fixed window also turns off gRPC's bandwidth probes.
 const streamWindow = 1 << 20
 
+// streamWorkers is how many goroutines are kept to run streams; more
+// concurrent streams get a goroutine each, as without workers.
+const streamWorkers = 4
+
 // Config configures a Server.
 type Config struct {
 	// Root is the box's root directory as the agent sees it (/box in the VM).
@@ -102,6 +106,9 @@ func NewServer(cfg Config) *Server {
 		// 1 MiB per stream bounds what stdin may buffer here.
 		grpc.InitialWindowSize(streamWindow),
 		grpc.InitialConnWindowSize(4*streamWindow),
+		// Long-lived goroutines run the streams: a new goroutine per exec
+		// had to grow (copy) its stack on the way to the fork.
+		grpc.NumStreamWorkers(streamWorkers),
 		// The host may ping idle connections to detect a dead guest.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             time.Second,
