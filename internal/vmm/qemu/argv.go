@@ -102,6 +102,15 @@ func KernelCmdline(microvm, tcg bool, tscKHz int, extra string) string {
 	return strings.Join(parts, " ")
 }
 
+// tcgCPU is the CPU model under TCG: every feature QEMU can emulate except
+// ERMS ("enhanced rep movsb/stosb"). A guest kernel that sees ERMS copies
+// to and from user space, and clears pages, with rep movsb/stosb, which
+// TCG runs one byte per iteration; without it the kernel moves 8 bytes
+// per iteration. Measured in a 1-vCPU guest: lstat 25 → 7 µs, read of
+// 1 MiB from the page cache 3.8–8.4 → 1.2–2.1 ms, `boxlite run ... true`
+// (boot, exec, stop) 4459 → 3864 ms, medians of 5 alternated runs.
+const tcgCPU = "max,-erms"
+
 // Argv returns QEMU's command line for p, the binary first. It does no
 // I/O.
 func Argv(p Params) []string {
@@ -122,7 +131,10 @@ func Argv(p Params) []string {
 	if microvm {
 		machine = microvmOptions
 	}
-	cpu := "max"
+	// Under TCG, "max" without ERMS: with it the guest's kernel copies and
+	// clears memory with byte-wise rep movsb/stosb, which TCG emulates one
+	// byte per iteration (see tcgCPU).
+	cpu := tcgCPU
 	if !p.IsTCG() {
 		cpu = "host"
 	}
