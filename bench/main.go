@@ -13,6 +13,11 @@
 //     driver's load in the guest. Both power off cleanly, as a box stops.
 //   - box boot to first exec: Box.Start, then Exec("true") and Wait.
 //   - exec round trip: Exec("true") + Wait on a running box.
+//   - the box's shell spawning true: a fork, exec and wait of the same
+//     program by a process of the box, measured right after the exec loop:
+//     the floor under an exec, which no agent removes. The exec's
+//     ratio to it is what the box's exec path adds, and moves less with
+//     the host's speed than the exec's absolute time.
 //   - guest CPU per exec: what the agent and its children used during the
 //     exec loop, from the guest's /proc/1/stat. Under TCG the round trip is
 //     mostly this.
@@ -195,6 +200,15 @@ func run(agent, rootfs, accel string, cpus, boots, execs, list int) error {
 	if err != nil {
 		return err
 	}
+	// Right after, in the same minute: the box's shell spawning true.
+	var spawnT []time.Duration
+	for range spawnRounds {
+		d, err := guestSpawn(ctx, box)
+		if err != nil {
+			return err
+		}
+		spawnT = append(spawnT, d)
+	}
 	if err := box.Stop(ctx); err != nil {
 		return err
 	}
@@ -231,6 +245,7 @@ func run(agent, rootfs, accel string, cpus, boots, execs, list int) error {
 	fmt.Printf("| Box.Start / raw with NIC, paired | %d | | | %.2f |\n", len(startT), pairedRatio(startT, rawNICT))
 	fmt.Printf("| Runtime.List over %d boxes | %d | %s | %s | |\n", list, len(listT), ms(pct(listT, 50)), ms(pct(listT, 99)))
 	fmt.Printf("| exec round trip (exec true + wait), p50 | %d | %s | %s | |\n", len(execT), ms(pct(execT, 50)), ms(pct(execT, 99)))
+	fmt.Printf("| the box's shell spawning true (fork, exec, wait), per process, median of rounds | %d | %s | | exec p50 / this: %.2f |\n", len(spawnT)*spawnLoop, ms(pct(spawnT, 50)), float64(pct(execT, 50))/float64(pct(spawnT, 50)))
 	fmt.Printf("| guest CPU per exec (agent + process, from /proc/1/stat), mean | %d | %s | | |\n", len(execT), ms((stats1.agent+stats1.children-stats0.agent-stats0.children)/time.Duration(len(execT))))
 	fmt.Printf("| agent ping (Hello round trip), p50 | %d | %s | %s | |\n", len(pingT), ms(pct(pingT, 50)), ms(pct(pingT, 99)))
 	return nil
@@ -266,6 +281,42 @@ func boxBoot(ctx context.Context, box *boxlite.Box) (time.Duration, error) {
 	}
 	d := time.Since(t0)
 	return d, box.Stop(ctx)
+}
+
+// spawnLoop is how many processes the box's shell spawns per round, in
+// spawnRounds rounds.
+const (
+	spawnLoop   = 20
+	spawnRounds = 10
+)
+
+// guestSpawn returns what one fork, exec and wait of true costs the box's
+// own shell: a loop spawning it spawnLoop times, less the same loop
+// without it, over spawnLoop. It is the part of an exec that no agent can
+// remove, measured on this host at this minute.
+func guestSpawn(ctx context.Context, box *boxlite.Box) (time.Duration, error) {
+	loop := func(body string) (time.Duration, error) {
+		script := fmt.Sprintf("i=0; while [ $i -lt %d ]; do %s; i=$((i+1)); done", spawnLoop, body)
+		t0 := time.Now()
+		ex, err := box.Exec(ctx, boxlite.Command{Name: "sh", Args: []string{"-c", script}})
+		if err != nil {
+			return 0, err
+		}
+		res, err := ex.Wait(ctx)
+		if err == nil && res.ExitCode != 0 {
+			err = fmt.Errorf("spawn loop exited %d", res.ExitCode)
+		}
+		return time.Since(t0), err
+	}
+	with, err := loop("/bin/true")
+	if err != nil {
+		return 0, err
+	}
+	without, err := loop(":")
+	if err != nil {
+		return 0, err
+	}
+	return max(with-without, 0) / spawnLoop, nil
 }
 
 func execTrue(ctx context.Context, box *boxlite.Box) error {
