@@ -33,7 +33,7 @@ func buildCLI(t *testing.T) string {
 
 func TestCLIRun(t *testing.T) {
 	bin := buildCLI(t)
-	home := t.TempDir()
+	home := newHome(t)
 	for _, tc := range []struct {
 		name       string
 		args       []string

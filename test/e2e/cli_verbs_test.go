@@ -116,7 +116,7 @@ func cmdJSON(ts *testscript.TestScript, neg bool, args []string) {
 // shell's arithmetic comes back and its exit status is boxlite's.
 func TestCLIRunTTY(t *testing.T) {
 	bin := buildCLI(t)
-	cmd := exec.Command(bin, "--home", t.TempDir(), "run", "-it", "--rm", "--rootfs", rootfsPath, "sh")
+	cmd := exec.Command(bin, "--home", newHome(t), "run", "-it", "--rm", "--rootfs", rootfsPath, "sh")
 	f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 30, Cols: 100})
 	if err != nil {
 		t.Fatal(err)

@@ -242,7 +242,7 @@ func TestCLIImage(t *testing.T) {
 	bin := buildCLI(t)
 	host, stop := serveImage(t, "test/busybox:v1")
 	defer stop()
-	home := t.TempDir()
+	home := newHome(t)
 	cli := func(args ...string) (string, int) {
 		cmd := exec.Command(bin, append([]string{"--home", home, "--insecure-registry", host}, args...)...)
 		out, err := cmd.CombinedOutput()

@@ -99,12 +99,26 @@ func requireVM(t testing.TB) {
 	}
 }
 
+// newHome returns a fresh home dir, removed at cleanup. Its path is short,
+// unlike t.TempDir's, which carries the test's name: a home too long for
+// unix socket paths puts its boxes' sockets under a directory of the
+// system's temp dir that outlives the test (see store.Layout.RunDir).
+func newHome(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "bx-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
 // newRuntime opens a runtime on a fresh home dir, shut down at cleanup.
 func newRuntime(t testing.TB, opts boxlite.Options) *boxlite.Runtime {
 	t.Helper()
 	requireVM(t)
 	if opts.HomeDir == "" {
-		opts.HomeDir = t.TempDir()
+		opts.HomeDir = newHome(t)
 	}
 	if opts.AgentPath == "" {
 		opts.AgentPath = agentPath

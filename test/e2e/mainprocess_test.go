@@ -46,7 +46,7 @@ func waitBox(t *testing.T, box *boxlite.Box) boxlite.ExecResult {
 // its exit code and stops the box; a new Start runs it again.
 func TestMainProcess(t *testing.T) {
 	requireVM(t)
-	home := t.TempDir()
+	home := newHome(t)
 	ctx := context.Background()
 	rt1, err := boxlite.NewRuntime(boxlite.Options{HomeDir: home, AgentPath: agentPath})
 	if err != nil {
@@ -184,7 +184,7 @@ func TestCLIImageMainProcess(t *testing.T) {
 	bin := buildCLI(t)
 	host, stop := serveImage(t, "test/busybox:v1")
 	defer stop()
-	home := t.TempDir()
+	home := newHome(t)
 	defer removeAllBoxes(bin, home)
 	cli := func(args ...string) string {
 		t.Helper()

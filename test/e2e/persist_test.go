@@ -19,7 +19,7 @@ import (
 // and has its files in a later Runtime on the same home dir.
 func TestPersistAcrossRuntimes(t *testing.T) {
 	requireVM(t)
-	home := t.TempDir()
+	home := newHome(t)
 	ctx := context.Background()
 	rt1, err := boxlite.NewRuntime(boxlite.Options{HomeDir: home, AgentPath: agentPath})
 	if err != nil {
@@ -138,7 +138,7 @@ func startVictim(t *testing.T, home string, detach bool) (*exec.Cmd, int) {
 // it; another runtime runs commands in it and stops it.
 func TestDetachAndReattach(t *testing.T) {
 	requireVM(t)
-	home := t.TempDir()
+	home := newHome(t)
 	cmd, qemuPID := startVictim(t, home, true)
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("victim exit: %v", err)
@@ -181,7 +181,7 @@ func TestDetachAndReattach(t *testing.T) {
 // reason, and starts it with its files.
 func TestRecoveryAfterHostKilled(t *testing.T) {
 	requireVM(t)
-	home := t.TempDir()
+	home := newHome(t)
 	cmd, qemuPID := startVictim(t, home, false)
 	cmd.Process.Kill()
 	cmd.Wait()
@@ -214,7 +214,7 @@ func qemuAliveByPID(pid int) bool {
 // same box at once; exactly one boots it.
 func TestConcurrentStartsOfOneBox(t *testing.T) {
 	requireVM(t)
-	home := t.TempDir()
+	home := newHome(t)
 	ctx := context.Background()
 	rt1 := newRuntime(t, boxlite.Options{HomeDir: home})
 	rt2 := newRuntime(t, boxlite.Options{HomeDir: home})
