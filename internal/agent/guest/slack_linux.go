@@ -57,12 +57,23 @@ func raiseTimerSlack() error {
 }
 
 // forkExec is syscall.ForkExec from a thread whose timer slack is
-// childTimerSlack, so the child starts with the usual slack.
+// childTimerSlack, so the child starts with the usual slack. The thread
+// gets agentTimerSlack back afterwards: any of the agent's threads may
+// fork, and each would otherwise keep the child's slack for good.
 func forkExec(argv0 string, argv []string, attr *syscall.ProcAttr) (int, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	if err := unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(childTimerSlack.Nanoseconds()), 0, 0, 0); err != nil {
-		return 0, os.NewSyscallError("prctl", err)
+	if err := setThreadSlack(childTimerSlack); err != nil {
+		return 0, err
 	}
+	defer setThreadSlack(agentTimerSlack)
 	return syscall.ForkExec(argv0, argv, attr)
+}
+
+// setThreadSlack sets the calling thread's timer slack.
+func setThreadSlack(d time.Duration) error {
+	if err := unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(d.Nanoseconds()), 0, 0, 0); err != nil {
+		return os.NewSyscallError("prctl", err)
+	}
+	return nil
 }

@@ -28,6 +28,22 @@ func timerSlackHelper(t *testing.T) {
 	if err := raiseTimerSlack(); err != nil {
 		t.Fatal(err)
 	}
+	checkThreadSlack(t, "after raiseTimerSlack")
+
+	client := startServer(t, Config{})
+	for range 5 { // whichever thread forks
+		r := runExec(testContext(t), t, client, &pb.ExecStart{Name: "cat", Args: []string{"/proc/self/timerslack_ns"}})
+		if want := strconv.FormatInt(childTimerSlack.Nanoseconds(), 10) + "\n"; r.err != nil || r.stdout != want {
+			t.Fatalf("child's slack: %q (%v), want %q", r.stdout, r.err, want)
+		}
+	}
+	// The threads that forked have the agent's slack back.
+	checkThreadSlack(t, "after five execs")
+}
+
+// checkThreadSlack fails unless every thread has agentTimerSlack.
+func checkThreadSlack(t *testing.T, when string) {
+	t.Helper()
 	tasks, err := os.ReadDir("/proc/self/task")
 	if err != nil {
 		t.Fatal(err)
@@ -39,15 +55,7 @@ func timerSlackHelper(t *testing.T) {
 			t.Fatal(err)
 		}
 		if got := strings.TrimSpace(string(b)); got != want {
-			t.Errorf("thread %s: slack %s, want %s", task.Name(), got, want)
-		}
-	}
-
-	client := startServer(t, Config{})
-	for range 5 { // whichever thread forks
-		r := runExec(testContext(t), t, client, &pb.ExecStart{Name: "cat", Args: []string{"/proc/self/timerslack_ns"}})
-		if want := strconv.FormatInt(childTimerSlack.Nanoseconds(), 10) + "\n"; r.err != nil || r.stdout != want {
-			t.Fatalf("child's slack: %q (%v), want %q", r.stdout, r.err, want)
+			t.Errorf("%s: thread %s: slack %s, want %s", when, task.Name(), got, want)
 		}
 	}
 }
