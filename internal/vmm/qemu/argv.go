@@ -107,7 +107,7 @@ func KernelCmdline(microvm, tcg bool, tscKHz int, extra string) string {
 // to and from user space, and clears pages, with rep movsb/stosb, which
 // TCG runs one byte per iteration; without it the kernel moves 8 bytes
 // per iteration. Measured in a 1-vCPU guest: lstat 25 → 7 µs, read of
-// 1 MiB from the page cache 3.8–8.4 → 1.2–2.1 ms, `boxlite run ... true`
+// 1 MiB from the page cache 3.8–8.4 → 1.3–2.1 ms, `boxlite run ... true`
 // (boot, exec, stop) 4459 → 3864 ms, medians of 5 alternated runs.
 const tcgCPU = "max,-erms"
 
