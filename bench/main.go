@@ -44,6 +44,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"syscall"
@@ -77,7 +78,10 @@ func main() {
 	abBoots := flag.Int("ab-boots", 0, "with -ab, also compare this many boots of each")
 	flag.Parse()
 
-	ctx := context.Background()
+	// Interrupted, the bench still stops its boxes and removes its temporary
+	// homes: the benchmarks end with the context's error and their cleanups run.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	table := func(header string) {
 		fmt.Println(header)
 		fmt.Println("|---|---|---|---|---|")
@@ -96,7 +100,7 @@ func main() {
 		table("| benchmark | n | median | p99 | ratio |")
 		err = imageBench(ctx, *images, *crane, 5)
 	default:
-		err = run(*agent, *rootfs, *accel, *cpus, *boots, *execs, *list)
+		err = run(ctx, *agent, *rootfs, *accel, *cpus, *boots, *execs, *list)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -104,8 +108,7 @@ func main() {
 	}
 }
 
-func run(agent, rootfs, accel string, cpus, boots, execs, list int) error {
-	ctx := context.Background()
+func run(ctx context.Context, agent, rootfs, accel string, cpus, boots, execs, list int) error {
 	agent, _ = filepath.Abs(agent)
 	rootfs, _ = filepath.Abs(rootfs)
 	rt, home, closeRT, err := tempRuntime(ctx, "boxlite-bench-", agent, accel)
@@ -264,7 +267,7 @@ func tempRuntime(ctx context.Context, prefix, agent, accel string) (rt *boxlite.
 		return nil, "", nil, err
 	}
 	return rt, home, func() {
-		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
 		rt.Shutdown(sctx)
 		os.RemoveAll(home)
