@@ -11,6 +11,9 @@ import (
 )
 
 func TestRunDir(t *testing.T) {
+	// The long home's fallback goes under TMPDIR: this test's own, so that
+	// nothing is left in the system's temp dir.
+	t.Setenv("TMPDIR", t.TempDir())
 	for _, tc := range []struct {
 		name  string
 		home  string
