@@ -440,19 +440,33 @@ func (s *Server) run(stream grpc.BidiStreamingServer[pb.ExecInput, pb.ExecOutput
 
 	<-p.done
 	x.exited.Store(true)
-	for _, f := range x.outputs {
-		f.SetReadDeadline(time.Now().Add(drainIdle))
-	}
-	drain := time.NewTimer(drainMax)
-	defer drain.Stop()
-	for range x.outputs {
+	// Usually the outputs ended with the process; only when one is still
+	// open (a background child holds it) does the drain need its timers.
+	left := len(x.outputs)
+ended:
+	for left > 0 {
 		select {
 		case <-pumped:
-		case <-drain.C:
-			for _, f := range x.outputs {
-				f.SetReadDeadline(time.Now()) // stops pumps at their next read
+			left--
+		default:
+			break ended
+		}
+	}
+	if left > 0 {
+		for _, f := range x.outputs {
+			f.SetReadDeadline(time.Now().Add(drainIdle))
+		}
+		drain := time.NewTimer(drainMax)
+		defer drain.Stop()
+		for ; left > 0; left-- {
+			select {
+			case <-pumped:
+			case <-drain.C:
+				for _, f := range x.outputs {
+					f.SetReadDeadline(time.Now()) // stops pumps at their next read
+				}
+				<-pumped
 			}
-			<-pumped
 		}
 	}
 
