@@ -14,10 +14,11 @@
 //   - box boot to first exec: Box.Start, then Exec("true") and Wait.
 //   - exec round trip: Exec("true") + Wait on a running box.
 //   - the box's shell spawning true: a fork, exec and wait of the same
-//     program by a process of the box, measured right after the exec loop:
-//     the floor under an exec, which no agent removes. The exec's
-//     ratio to it is what the box's exec path adds, and moves less with
-//     the host's speed than the exec's absolute time.
+//     program by a process of the box, in rounds after the exec loop, each
+//     right after a block of execs: the floor under an exec, which no agent
+//     removes. The exec's ratio to it, paired per round, is what the box's
+//     exec path adds; it moves less with the host's speed than the exec's
+//     absolute time.
 //   - guest CPU per exec: what the agent and its children used during the
 //     exec loop, from the guest's /proc/1/stat. Under TCG the round trip is
 //     mostly this.
@@ -203,13 +204,25 @@ func run(ctx context.Context, agent, rootfs, accel string, cpus, boots, execs, l
 	if err != nil {
 		return err
 	}
-	// Right after, in the same minute: the box's shell spawning true.
-	var spawnT []time.Duration
+	// Then in rounds, each a block of execs right next to the box's shell
+	// spawning true: the host's speed changes by up to 1.8x from one
+	// second to the next, so each round's ratio pairs an exec median with
+	// a floor of the same seconds.
+	var spawnT, roundExecT []time.Duration
 	for range spawnRounds {
+		var block []time.Duration
+		for range roundExecs {
+			t0 := time.Now()
+			if err := execTrue(ctx, box); err != nil {
+				return err
+			}
+			block = append(block, time.Since(t0))
+		}
 		d, err := guestSpawn(ctx, box)
 		if err != nil {
 			return err
 		}
+		roundExecT = append(roundExecT, pct(block, 50))
 		spawnT = append(spawnT, d)
 	}
 	if err := box.Stop(ctx); err != nil {
@@ -248,7 +261,9 @@ func run(ctx context.Context, agent, rootfs, accel string, cpus, boots, execs, l
 	fmt.Printf("| Box.Start / raw with NIC, paired | %d | | | %.2f |\n", len(startT), pairedRatio(startT, rawNICT))
 	fmt.Printf("| Runtime.List over %d boxes | %d | %s | %s | |\n", list, len(listT), ms(pct(listT, 50)), ms(pct(listT, 99)))
 	fmt.Printf("| exec round trip (exec true + wait), p50 | %d | %s | %s | |\n", len(execT), ms(pct(execT, 50)), ms(pct(execT, 99)))
+	fmt.Printf("| exec round trip, p10 | %d | %s | | |\n", len(execT), ms(pct(execT, 10)))
 	fmt.Printf("| the box's shell spawning true (fork, exec, wait), per process, median of rounds | %d | %s | | exec p50 / this: %.2f |\n", len(spawnT)*spawnLoop, ms(pct(spawnT, 50)), float64(pct(execT, 50))/float64(pct(spawnT, 50)))
+	fmt.Printf("| exec round trip / the shell spawning true, paired (median of %d rounds: %d execs, then the shell's loops) | %d | | | %.2f |\n", spawnRounds, roundExecs, len(roundExecT)*roundExecs, pairedRatio(roundExecT, spawnT))
 	fmt.Printf("| guest CPU per exec (agent + process, from /proc/1/stat), mean | %d | %s | | |\n", len(execT), ms((stats1.agent+stats1.children-stats0.agent-stats0.children)/time.Duration(len(execT))))
 	fmt.Printf("| agent ping (Hello round trip), p50 | %d | %s | %s | |\n", len(pingT), ms(pct(pingT, 50)), ms(pct(pingT, 99)))
 	return nil
@@ -287,10 +302,11 @@ func boxBoot(ctx context.Context, box *boxlite.Box) (time.Duration, error) {
 }
 
 // spawnLoop is how many processes the box's shell spawns per round, in
-// spawnRounds rounds.
+// spawnRounds rounds, each after roundExecs execs.
 const (
 	spawnLoop   = 20
 	spawnRounds = 10
+	roundExecs  = 20
 )
 
 // guestSpawn returns what one fork, exec and wait of true costs the box's
