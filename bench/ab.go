@@ -109,10 +109,7 @@ func abBench(ctx context.Context, agents [2]string, rootfs, accel string, cpus, 
 			s.times = append(s.times, time.Since(t0))
 		}
 	}
-	if accel == "" {
-		accel = "auto"
-	}
-	fmt.Printf("accelerator: %s, %d vCPU, %s\n\n", accel, cpus, time.Now().Format("2006-01-02"))
+	fmt.Printf("accelerator: %s, %d vCPU, %s\n\n", accelName(accel), cpus, time.Now().Format("2006-01-02"))
 	fmt.Println("| agent | n | exec p50 | p90 | agent CPU/exec | children CPU/exec | guest context switches/exec |")
 	fmt.Println("|---|---|---|---|---|---|---|")
 	for _, s := range sides {

@@ -32,6 +32,10 @@
 //
 // -ab-boots N adds N alternated boots (Start, exec true) of each box.
 //
+// With -series it runs -execs execs on one box and prints them in blocks
+// of 20 over time, with the QEMU process's CPU per exec: how much the
+// host's speed moves an exec within a run (see docs/BENCHMARKS.md).
+//
 // Boots alternate between the kinds, in rounds whose order rotates, so that
 // drift in the machine's speed hits all equally; ratios are given both as
 // the ratio of the medians and as the median of per-round ratios (paired),
@@ -77,6 +81,7 @@ func main() {
 	netMiB := flag.Int("net-mib", 32, "MiB per throughput transfer")
 	ab := flag.String("ab", "", "another agent binary: compare its exec with -agent's instead")
 	abBoots := flag.Int("ab-boots", 0, "with -ab, also compare this many boots of each")
+	series := flag.Bool("series", false, "run -execs execs on one box and print them in blocks over time instead")
 	flag.Parse()
 
 	// Interrupted, the bench still stops its boxes and removes its temporary
@@ -89,6 +94,8 @@ func main() {
 	}
 	var err error
 	switch {
+	case *series:
+		err = seriesBench(ctx, *agent, *rootfs, *accel, *cpus, *execs)
 	case *ab != "":
 		err = abBench(ctx, [2]string{*agent, *ab}, *rootfs, *accel, *cpus, *execs, *abBoots)
 	case *netb:
