@@ -199,31 +199,23 @@ func run(ctx context.Context, agent, rootfs, accel string, cpus, boots, execs, l
 	if err != nil {
 		return err
 	}
-	var execT []time.Duration
-	for range execs {
-		t0 := time.Now()
-		if err := execTrue(ctx, box); err != nil {
-			return err
-		}
-		execT = append(execT, time.Since(t0))
+	execT, err := timeExecs(ctx, box, execs)
+	if err != nil {
+		return err
 	}
 	stats1, err := readGuestStats(ctx, box)
 	if err != nil {
 		return err
 	}
 	// Then in rounds, each a block of execs right next to the box's shell
-	// spawning true: the host's speed changes by up to 1.8x from one
-	// second to the next, so each round's ratio pairs an exec median with
-	// a floor of the same seconds.
+	// spawning true: the host's speed changes by up to 2x from one second
+	// to the next, so each round's ratio pairs an exec median with a
+	// floor of the same seconds.
 	var spawnT, roundExecT []time.Duration
 	for range spawnRounds {
-		var block []time.Duration
-		for range roundExecs {
-			t0 := time.Now()
-			if err := execTrue(ctx, box); err != nil {
-				return err
-			}
-			block = append(block, time.Since(t0))
+		block, err := timeExecs(ctx, box, roundExecs)
+		if err != nil {
+			return err
 		}
 		d, err := guestSpawn(ctx, box)
 		if err != nil {
@@ -343,6 +335,19 @@ func guestSpawn(ctx context.Context, box *boxlite.Box) (time.Duration, error) {
 		return 0, err
 	}
 	return max(with-without, 0) / spawnLoop, nil
+}
+
+// timeExecs returns the round trips of n execs of true, one after another.
+func timeExecs(ctx context.Context, box *boxlite.Box, n int) ([]time.Duration, error) {
+	ds := make([]time.Duration, 0, n)
+	for range n {
+		t0 := time.Now()
+		if err := execTrue(ctx, box); err != nil {
+			return nil, err
+		}
+		ds = append(ds, time.Since(t0))
+	}
+	return ds, nil
 }
 
 func execTrue(ctx context.Context, box *boxlite.Box) error {

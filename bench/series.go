@@ -40,10 +40,8 @@ func seriesBench(ctx context.Context, agent, rootfs, accel string, cpus, execs i
 	}
 	defer box.Stop(context.WithoutCancel(ctx))
 	info := box.Info()
-	for range seriesBlock { // warm-up
-		if err := execTrue(ctx, box); err != nil {
-			return err
-		}
+	if _, err := timeExecs(ctx, box, seriesBlock); err != nil { // warm-up
+		return err
 	}
 
 	fmt.Printf("accelerator: %s, %d vCPU, %s, execs of true in blocks of %d\n\n", accelName(accel), cpus, time.Now().Format("2006-01-02"), seriesBlock)
@@ -56,10 +54,8 @@ func seriesBench(ctx context.Context, agent, rootfs, accel string, cpus, execs i
 			return err
 		}
 		t0 := time.Now()
-		for range seriesBlock {
-			if err := execTrue(ctx, box); err != nil {
-				return err
-			}
+		if _, err := timeExecs(ctx, box, seriesBlock); err != nil {
+			return err
 		}
 		wall := time.Since(t0)
 		cpu1, err := processCPU(info.PID)
