@@ -261,18 +261,31 @@ func (h *Handle) Stop(ctx context.Context) error {
 	return h.Kill()
 }
 
-// Kill ends supervisor and VM at once and waits for the supervisor.
+// killReapGrace is how long Kill lets the supervisor reap the killed VM and
+// record the box stopped before it kills the supervisor too.
+const killReapGrace = 2 * time.Second
+
+// Kill ends the VM at once and waits for the supervisor. The VM goes
+// first, so that the supervisor, its parent, reaps it and records the box
+// stopped on its way out: killed together, the VM would be left a zombie
+// for PID 1 to reap, which on some hosts takes seconds. A supervisor that
+// does not follow within killReapGrace, or one without a VM yet, is killed.
 func (h *Handle) Kill() error {
 	select {
 	case <-h.done:
 		return nil // gone: its pids may belong to others now
 	default:
 	}
-	if h.supPID > 0 {
-		_ = syscall.Kill(h.supPID, syscall.SIGKILL)
-	}
 	if h.qemuPID > 0 {
 		_ = syscall.Kill(h.qemuPID, syscall.SIGKILL)
+		select {
+		case <-h.done:
+			return nil
+		case <-time.After(killReapGrace):
+		}
+	}
+	if h.supPID > 0 {
+		_ = syscall.Kill(h.supPID, syscall.SIGKILL)
 	}
 	select {
 	case <-h.done:

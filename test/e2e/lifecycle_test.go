@@ -302,11 +302,19 @@ func TestStateChecks(t *testing.T) {
 	if err != nil || got != box {
 		t.Errorf("get by prefix: %v", err)
 	}
+	qemuPID := box.Info().PID
 	if err := rt.Remove(ctx, "states", true); err != nil {
 		t.Fatal(err)
 	}
 	if qemuRunning(box.ID()) {
 		t.Error("forced remove left QEMU running")
+	}
+	// Not even a zombie: the supervisor reaps QEMU before it goes (an
+	// orphaned zombie would wait for PID 1, which on some hosts takes
+	// seconds).
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", qemuPID)); !errors.Is(err, os.ErrNotExist) {
+		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", qemuPID))
+		t.Errorf("forced remove left QEMU (pid %d) unreaped: %v %s", qemuPID, err, st)
 	}
 	if _, err := rt.Get(ctx, "states"); !errors.Is(err, boxlite.ErrNotFound) {
 		t.Errorf("get removed: %v", err)
