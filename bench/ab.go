@@ -75,18 +75,11 @@ func abBench(ctx context.Context, agents [2]string, rootfs, accel string, cpus, 
 	var sides []*side
 	for _, agent := range agents {
 		agent, _ = filepath.Abs(agent)
-		rt, _, closeRT, err := tempRuntime(ctx, "boxlite-bench-ab-", agent, accel)
+		box, done, err := startedBox(ctx, "ab", agent, rootfs, accel, cpus)
 		if err != nil {
 			return err
 		}
-		defer closeRT()
-		box, err := rt.Create(ctx, boxlite.BoxOptions{Rootfs: rootfs, CPUs: cpus}, "ab")
-		if err != nil {
-			return err
-		}
-		if err := box.Start(ctx); err != nil {
-			return err
-		}
+		defer done()
 		for range 10 { // warm-up: page cache, caches of the agent
 			if err := execTrue(ctx, box); err != nil {
 				return err

@@ -288,6 +288,26 @@ func tempRuntime(ctx context.Context, prefix, agent, accel string) (rt *boxlite.
 	}, nil
 }
 
+// startedBox boots a box of rootfs in a runtime of its own, in a temporary
+// home; done stops it and removes the home.
+func startedBox(ctx context.Context, name, agent, rootfs, accel string, cpus int) (box *boxlite.Box, done func(), err error) {
+	agent, _ = filepath.Abs(agent)
+	rootfs, _ = filepath.Abs(rootfs)
+	rt, _, closeRT, err := tempRuntime(ctx, "boxlite-bench-"+name+"-", agent, accel)
+	if err != nil {
+		return nil, nil, err
+	}
+	box, err = rt.Create(ctx, boxlite.BoxOptions{Rootfs: rootfs, CPUs: cpus}, name)
+	if err == nil {
+		err = box.Start(ctx)
+	}
+	if err != nil {
+		closeRT()
+		return nil, nil, err
+	}
+	return box, closeRT, nil
+}
+
 func boxBoot(ctx context.Context, box *boxlite.Box) (time.Duration, error) {
 	t0 := time.Now()
 	if err := box.Start(ctx); err != nil {

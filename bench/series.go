@@ -9,8 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/boxlite-go/boxlite"
 )
 
 // seriesBlock is how many execs one row of the series averages.
@@ -24,21 +22,14 @@ const seriesBlock = 20
 // trip, so a slow block is the same work executed more slowly, not time
 // spent waiting.
 func seriesBench(ctx context.Context, agent, rootfs, accel string, cpus, execs int) error {
-	agent, _ = filepath.Abs(agent)
-	rootfs, _ = filepath.Abs(rootfs)
-	rt, _, closeRT, err := tempRuntime(ctx, "boxlite-bench-series-", agent, accel)
+	if execs < seriesBlock {
+		return fmt.Errorf("-series needs -execs of at least %d, got %d", seriesBlock, execs)
+	}
+	box, done, err := startedBox(ctx, "series", agent, rootfs, accel, cpus)
 	if err != nil {
 		return err
 	}
-	defer closeRT()
-	box, err := rt.Create(ctx, boxlite.BoxOptions{Rootfs: rootfs, CPUs: cpus}, "series")
-	if err != nil {
-		return err
-	}
-	if err := box.Start(ctx); err != nil {
-		return err
-	}
-	defer box.Stop(context.WithoutCancel(ctx))
+	defer done()
 	info := box.Info()
 	if _, err := timeExecs(ctx, box, seriesBlock); err != nil { // warm-up
 		return err
